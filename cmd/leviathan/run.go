@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/leviathan-dev/leviathan/services/app"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = app.Version
+
+const usage = `leviathan proposes tasks to repositories as pull requests.
+
+Usage:
+  leviathan dev      [flags]            run everything on this machine (embedded NATS, localforge, control plane)
+  leviathan demo     [flags]            run everything, submit one attempt, print the PR and the graph summary
+  leviathan run      <service> [flags]  run one service: clone, backlog-edit, push, pr, projector, localforge
+  leviathan submit   [flags]            submit an attempt (--wait to follow it to the end)
+  leviathan version
+
+Run "leviathan <command> -h" for the flags of a command.
+`
+
+// exitError carries a process exit code without printing more.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
+// run is the whole program; main only supplies the process's context,
+// arguments, environment and output streams.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return &exitError{code: 2, msg: "no command given"}
+	}
+	env := envConfig(getenv)
+	switch args[0] {
+	case "dev":
+		return cmdDev(ctx, args[1:], env, stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, args[1:], env, stdout, stderr)
+	case "run":
+		return cmdRun(ctx, args[1:], env, stdout, stderr)
+	case "submit":
+		return cmdSubmit(ctx, args[1:], env, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "leviathan", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return &exitError{code: 2, msg: fmt.Sprintf("unknown command %q", args[0])}
+	}
+}
+
+// environment is the configuration main reads from the environment.
+// Packages never read the environment themselves.
+type environment struct {
+	NATSURL       string // NATS_URL
+	GitUsername   string // LEVIATHAN_GIT_USERNAME (default x-access-token)
+	GitToken      string // LEVIATHAN_GIT_TOKEN
+	ForgeToken    string // LEVIATHAN_FORGE_TOKEN (GitHub token)
+	ForgeAPIURL   string // LEVIATHAN_FORGE_API_URL (empty: api.github.com)
+	ControlToken  string // LEVIATHAN_CONTROL_PLANE_TOKEN
+	LogLevel      string // LEVIATHAN_LOG_LEVEL (debug, info, warn, error)
+	StreamReplica string // LEVIATHAN_STREAM_REPLICAS
+}
+
+func envConfig(getenv func(string) string) environment {
+	e := environment{
+		NATSURL:       getenv("NATS_URL"),
+		GitUsername:   getenv("LEVIATHAN_GIT_USERNAME"),
+		GitToken:      getenv("LEVIATHAN_GIT_TOKEN"),
+		ForgeToken:    getenv("LEVIATHAN_FORGE_TOKEN"),
+		ForgeAPIURL:   getenv("LEVIATHAN_FORGE_API_URL"),
+		ControlToken:  getenv("LEVIATHAN_CONTROL_PLANE_TOKEN"),
+		LogLevel:      getenv("LEVIATHAN_LOG_LEVEL"),
+		StreamReplica: getenv("LEVIATHAN_STREAM_REPLICAS"),
+	}
+	if e.NATSURL == "" {
+		e.NATSURL = "nats://127.0.0.1:4222"
+	}
+	if e.GitUsername == "" {
+		e.GitUsername = "x-access-token"
+	}
+	return e
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "warn":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}

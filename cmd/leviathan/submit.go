@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/services/clone"
+)
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("submit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsURL := fs.String("nats-url", env.NATSURL, "NATS server URL (env NATS_URL)")
+	file := fs.String("f", "", "read the request JSON from this file ('-' for stdin); flags below are ignored")
+	attempt := fs.String("attempt-id", "", "attempt id (default: generated)")
+	target := fs.String("target", "", "target name")
+	repoURL := fs.String("repo-url", "", "target repository clone URL (no credentials)")
+	branch := fs.String("branch", "main", "base branch")
+	taskID := fs.String("task-id", "", "task id")
+	title := fs.String("title", "", "task title")
+	priority := fs.String("priority", "", "task priority: high, medium or low")
+	draft := fs.Bool("draft", false, "open the pull request as a draft")
+	var allowed, criteria stringList
+	fs.Var(&allowed, "allowed-path", "path the task may change (repeatable; default .leviathan/backlog.yaml)")
+	fs.Var(&criteria, "acceptance", "acceptance criterion (repeatable)")
+	wait := fs.Bool("wait", false, "follow the attempt and exit with its outcome")
+	timeout := fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	var body []byte
+	var err error
+	switch *file {
+	case "":
+		if len(allowed) == 0 {
+			allowed = stringList{events.BacklogPath}
+		}
+		id := *attempt
+		if id == "" {
+			id = "a-" + time.Now().UTC().Format("20060102-150405") + "-" + randomSuffix()
+		}
+		body, err = json.Marshal(events.Request{
+			Ref:    events.Ref{AttemptID: id},
+			Target: events.Target{Name: *target, RepoURL: *repoURL, Branch: *branch},
+			Task: events.Task{ID: *taskID, Title: *title, Priority: *priority,
+				AllowedPaths: allowed, AcceptanceCriteria: criteria},
+			Draft: *draft,
+		})
+	case "-":
+		body, err = io.ReadAll(os.Stdin)
+	default:
+		body, err = os.ReadFile(*file)
+	}
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*natsURL, nats.Name("leviathan-submit"))
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
+	}
+	defer nc.Close()
+	resp, err := submit(ctx, nc, body)
+	if err != nil {
+		return err
+	}
+	if resp.Error != "" {
+		return &exitError{code: 2, msg: fmt.Sprintf("request rejected: %s: %s", resp.Field, resp.Error)}
+	}
+	fmt.Fprintf(stdout, "attempt %s %s\n", resp.AttemptID, resp.Status)
+	if !*wait {
+		return nil
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	o, err := watchAttempt(wctx, js, resp.AttemptID, stdout)
+	if err != nil {
+		return err
+	}
+	return reportOutcome(o, stdout)
+}
+
+// submit sends a request to leviathan.api.submit and decodes the answer.
+func submit(ctx context.Context, nc *nats.Conn, body []byte) (*clone.SubmitResponse, error) {
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	msg, err := nc.RequestWithContext(rctx, "leviathan.api.submit", body)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return nil, errors.New("no clone service is answering leviathan.api.submit (is `leviathan dev` or the clone service running?)")
+		}
+		return nil, fmt.Errorf("submit: %w", err)
+	}
+	var resp clone.SubmitResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, fmt.Errorf("submit: bad answer: %w", err)
+	}
+	return &resp, nil
+}
+
+// reportOutcome prints the end of an attempt and turns failure into a
+// non-zero exit.
+func reportOutcome(o *outcome, stdout io.Writer) error {
+	switch o.final.EventType {
+	case events.AttemptSucceeded:
+		if o.prURL != "" {
+			fmt.Fprintf(stdout, "succeeded: %s\n", o.prURL)
+		} else {
+			fmt.Fprintf(stdout, "succeeded: %s\n", describe(o.final))
+		}
+		return nil
+	default:
+		return &exitError{code: 1, msg: fmt.Sprintf("attempt %s: %s", o.final.EventType, describe(o.final))}
+	}
+}
+
+func randomSuffix() string {
+	b := make([]byte, 2)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

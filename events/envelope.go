@@ -1,0 +1,120 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// SubjectPrefix is the first two tokens of every event subject.
+const SubjectPrefix = "leviathan.attempts"
+
+// StreamSubjects is what the LEVIATHAN_EVENTS stream captures.
+const StreamSubjects = SubjectPrefix + ".>"
+
+// Envelope is the JSON wrapper of every event. Payload holds the event's
+// payload struct (see types.go) as raw JSON, so an envelope can be decoded
+// without knowing its type and unknown types survive a round trip.
+type Envelope struct {
+	EventID   string          `json:"event_id"`
+	EventType Type            `json:"event_type"`
+	Timestamp time.Time       `json:"timestamp"`
+	ActorID   string          `json:"actor_id"`
+	AttemptID string          `json:"attempt_id"`
+	TargetID  string          `json:"target_id"`
+	Payload   json.RawMessage `json:"payload"`
+}
+
+// namespace is the UUIDv5 namespace of event ids. Changing it changes
+// every event id, so it is fixed forever.
+var namespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://leviathan.dev/events"))
+
+// EventID is the deterministic id of the event of type t for an attempt.
+// Attempt ids cannot contain ':', so the joined name is unambiguous.
+func EventID(attemptID string, t Type) string {
+	return uuid.NewSHA1(namespace, []byte(attemptID+":"+string(t))).String()
+}
+
+// Subject is the subject an event of type t for an attempt is published on.
+func Subject(attemptID string, t Type) string {
+	return SubjectPrefix + "." + attemptID + "." + string(t)
+}
+
+// SubjectFilter is the subject filter that matches events of type t for all
+// attempts (the filter of a stage's consumer).
+func SubjectFilter(t Type) string {
+	return SubjectPrefix + ".*." + string(t)
+}
+
+// AttemptSubjects matches every event of one attempt.
+func AttemptSubjects(attemptID string) string {
+	return SubjectPrefix + "." + attemptID + ".>"
+}
+
+// ParseSubject splits an event subject into its attempt id and event type.
+func ParseSubject(subject string) (attemptID string, t Type, err error) {
+	rest, ok := strings.CutPrefix(subject, SubjectPrefix+".")
+	if !ok {
+		return "", "", fmt.Errorf("events: subject %q is not under %s", subject, SubjectPrefix)
+	}
+	attemptID, typ, ok := strings.Cut(rest, ".")
+	if !ok || attemptID == "" || typ == "" {
+		return "", "", fmt.Errorf("events: subject %q has no attempt id and event type", subject)
+	}
+	return attemptID, Type(typ), nil
+}
+
+// New builds the envelope of an event. The payload is marshalled as it is;
+// ref supplies the attempt and target ids of the envelope.
+func New(t Type, actor string, ref Ref, payload any, now time.Time) (Envelope, error) {
+	raw, err := json.Marshal(payload)
+	if err != nil {
+		return Envelope{}, fmt.Errorf("events: marshal %s payload: %w", t, err)
+	}
+	return Envelope{
+		EventID:   EventID(ref.AttemptID, t),
+		EventType: t,
+		Timestamp: now.UTC(),
+		ActorID:   actor,
+		AttemptID: ref.AttemptID,
+		TargetID:  ref.TargetID,
+		Payload:   raw,
+	}, nil
+}
+
+// Subject is the subject this envelope is published on.
+func (e Envelope) Subject() string { return Subject(e.AttemptID, e.EventType) }
+
+// Marshal encodes the envelope as JSON.
+func (e Envelope) Marshal() ([]byte, error) { return json.Marshal(e) }
+
+// ErrNotEnvelope is returned by Decode for JSON that is not an envelope,
+// such as the bare request body a user publishes with `nats pub`.
+var ErrNotEnvelope = errors.New("events: not an event envelope")
+
+// Decode parses an envelope. It fails with ErrNotEnvelope when the document
+// has no event_type or no payload.
+func Decode(data []byte) (Envelope, error) {
+	var e Envelope
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&e); err != nil {
+		return Envelope{}, fmt.Errorf("events: decode envelope: %w", err)
+	}
+	if e.EventType == "" || len(e.Payload) == 0 {
+		return Envelope{}, ErrNotEnvelope
+	}
+	return e, nil
+}
+
+// DecodePayload unmarshals the envelope's payload into v.
+func (e Envelope) DecodePayload(v any) error {
+	if err := json.Unmarshal(e.Payload, v); err != nil {
+		return fmt.Errorf("events: decode %s payload: %w", e.EventType, err)
+	}
+	return nil
+}

@@ -1,0 +1,130 @@
+package localforge
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/cgi"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// repoName is what an owner or repository name may look like. It keeps
+// request paths from escaping the repository root.
+var repoName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,100}$`)
+
+// gitHandler serves the bare repositories under root over smart HTTP
+// through the real `git http-backend`, behind basic auth.
+type gitHandler struct {
+	root    string
+	backend string // path of git-http-backend
+	check   func(user, pass string) bool
+}
+
+func newGitHandler(root string, check func(user, pass string) bool) (*gitHandler, error) {
+	out, err := exec.Command("git", "--exec-path").Output()
+	if err != nil {
+		return nil, fmt.Errorf("localforge: git not found: %w", err)
+	}
+	backend := filepath.Join(strings.TrimSpace(string(out)), "git-http-backend")
+	if _, err := os.Stat(backend); err != nil {
+		return nil, fmt.Errorf("localforge: git-http-backend: %w", err)
+	}
+	return &gitHandler{root: root, backend: backend, check: check}, nil
+}
+
+// ServeHTTP expects paths of the form /<owner>/<repo>.git/<git service path>
+// (the /git prefix is stripped by the caller).
+func (h *gitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/"), "/", 3)
+	if len(parts) < 3 || !validName(parts[0]) || !strings.HasSuffix(parts[1], ".git") ||
+		!validName(strings.TrimSuffix(parts[1], ".git")) {
+		http.NotFound(w, r)
+		return
+	}
+	user, pass, ok := r.BasicAuth()
+	if !ok || !h.check(user, pass) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="localforge"`)
+		http.Error(w, "authentication required", http.StatusUnauthorized)
+		return
+	}
+	if _, err := os.Stat(filepath.Join(h.root, parts[0], parts[1])); err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	cgiH := &cgi.Handler{
+		Path: h.backend,
+		Dir:  h.root,
+		Env: []string{
+			"GIT_PROJECT_ROOT=" + h.root,
+			"GIT_HTTP_EXPORT_ALL=1",
+			// The user is authenticated above; http-backend enables
+			// receive-pack only when REMOTE_USER is set.
+			"REMOTE_USER=" + user,
+			"GIT_CONFIG_NOSYSTEM=1",
+			"HOME=" + h.root,
+		},
+	}
+	// Pass protocol v2 negotiation through to upload-pack.
+	if p := r.Header.Get("Git-Protocol"); p != "" {
+		cgiH.Env = append(cgiH.Env, "GIT_PROTOCOL="+p)
+	}
+	r2 := r.Clone(r.Context())
+	r2.URL.Path = "/" + strings.Join(parts, "/")
+	cgiH.ServeHTTP(w, r2)
+}
+
+// basicAuthCheck returns a constant-time check of a username and password.
+func basicAuthCheck(wantUser, wantPass string) func(user, pass string) bool {
+	return func(user, pass string) bool {
+		u := subtle.ConstantTimeCompare([]byte(user), []byte(wantUser))
+		p := subtle.ConstantTimeCompare([]byte(pass), []byte(wantPass))
+		return u&p == 1
+	}
+}
+
+// initBare creates a bare repository configured for partial clone and
+// want-by-id, so every fetch strategy of the git path works against it.
+func initBare(ctx context.Context, dir, branch string) error {
+	if err := runGit(ctx, "", "init", "--bare", "--quiet", "--initial-branch="+branch, dir); err != nil {
+		return err
+	}
+	for _, kv := range [][2]string{
+		{"http.receivepack", "true"},
+		{"uploadpack.allowFilter", "true"},
+		{"uploadpack.allowAnySHA1InWant", "true"},
+		{"receive.denyNonFastForwards", "false"},
+	} {
+		if err := runGit(ctx, dir, "config", kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runGit runs git in dir with a clean, non-interactive environment.
+func runGit(ctx context.Context, dir string, args ...string) error {
+	_, err := gitOutput(ctx, dir, nil, args...)
+	return err
+}
+
+func gitOutput(ctx context.Context, dir string, env []string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_CONFIG_NOSYSTEM=1")
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return out, fmt.Errorf("git %s: %w: %s", args[0], err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return out, fmt.Errorf("git %s: %w", args[0], err)
+	}
+	return out, nil
+}

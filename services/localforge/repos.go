@@ -1,0 +1,177 @@
+package localforge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// seedAuthor signs the first commit of every repository CreateRepo makes.
+const (
+	seedName  = "Leviathan Seed"
+	seedEmail = "seed@example.com"
+)
+
+// validName reports whether s can be an owner or repository name. "." and
+// ".." pass the character check but would escape the repository root.
+func validName(s string) bool {
+	return repoName.MatchString(s) && s != "." && s != ".."
+}
+
+func (f *Forge) repoRoot() string { return filepath.Join(f.dir, "repos") }
+
+// RepoDir returns the path of the bare repository owner/name.
+func (f *Forge) RepoDir(owner, name string) string {
+	return filepath.Join(f.repoRoot(), owner, name+".git")
+}
+
+// CloneURL returns the smart-HTTP URL of owner/name: BaseURL/git/<owner>/<name>.git.
+func (f *Forge) CloneURL(owner, name string) string {
+	return f.cloneURLFor(nil, owner, name)
+}
+
+// repoExists reports whether owner/name names an existing repository.
+func (f *Forge) repoExists(owner, name string) bool {
+	if !validName(owner) || !validName(name) {
+		return false
+	}
+	st, err := os.Stat(f.RepoDir(owner, name))
+	return err == nil && st.IsDir()
+}
+
+// CreateRepo creates the bare repository owner/name whose branch (default
+// "main") holds one commit with files, keyed by slash-separated path. It
+// returns ErrRepoExists if the repository exists.
+func (f *Forge) CreateRepo(ctx context.Context, owner, name, branch string, files map[string][]byte) error {
+	if !validName(owner) || !validName(name) {
+		return fmt.Errorf("%w: %q/%q", ErrInvalidName, owner, name)
+	}
+	if branch == "" {
+		branch = "main"
+	}
+	final := f.RepoDir(owner, name)
+	if _, err := os.Stat(final); err == nil {
+		return fmt.Errorf("%w: %s/%s", ErrRepoExists, owner, name)
+	}
+	parent := filepath.Dir(final)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("localforge: %w", err)
+	}
+	// Build the repository beside its final place and rename it in, so no
+	// client ever sees a half-seeded repository. The temp name starts with
+	// '.' and lacks the .git suffix, so nothing lists or serves it.
+	tmp, err := os.MkdirTemp(parent, ".new-"+name+"-")
+	if err != nil {
+		return fmt.Errorf("localforge: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	bare := filepath.Join(tmp, "repo.git")
+	if err := initBare(ctx, bare, branch); err != nil {
+		return fmt.Errorf("localforge: create %s/%s: %w", owner, name, err)
+	}
+	if err := seed(ctx, bare, tmp, files); err != nil {
+		return fmt.Errorf("localforge: seed %s/%s: %w", owner, name, err)
+	}
+	// rename(2) fails on a non-empty target, so a concurrent CreateRepo of
+	// the same name loses here rather than overwriting the winner.
+	if err := os.Rename(bare, final); err != nil {
+		if _, serr := os.Stat(final); serr == nil {
+			return fmt.Errorf("%w: %s/%s", ErrRepoExists, owner, name)
+		}
+		return fmt.Errorf("localforge: %w", err)
+	}
+	f.log.Info("repository created", "owner", owner, "repo", name, "branch", branch)
+	return nil
+}
+
+// seed commits files onto the bare repository's initial branch, using a
+// scratch work tree and index under scratch.
+func seed(ctx context.Context, bare, scratch string, files map[string][]byte) error {
+	work := filepath.Join(scratch, "work")
+	for p, data := range files {
+		clean := filepath.Clean(filepath.FromSlash(p))
+		if !filepath.IsLocal(clean) {
+			return fmt.Errorf("file path %q leaves the repository", p)
+		}
+		full := filepath.Join(work, clean)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(full, data, 0o644); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	env := []string{
+		"GIT_DIR=" + bare,
+		"GIT_WORK_TREE=" + work,
+		"GIT_INDEX_FILE=" + filepath.Join(scratch, "index"),
+		"GIT_AUTHOR_NAME=" + seedName, "GIT_AUTHOR_EMAIL=" + seedEmail,
+		"GIT_COMMITTER_NAME=" + seedName, "GIT_COMMITTER_EMAIL=" + seedEmail,
+	}
+	if _, err := gitOutput(ctx, work, env, "add", "--all", "."); err != nil {
+		return err
+	}
+	// The operator's global config must not sign or hook the seed commit.
+	_, err := gitOutput(ctx, work, env, "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null",
+		"commit", "--quiet", "--allow-empty", "--no-verify", "-m", "Seed repository")
+	return err
+}
+
+// repoRef names one repository.
+type repoRef struct{ Owner, Name string }
+
+// listRepos returns every repository, sorted by owner then name.
+func (f *Forge) listRepos() ([]repoRef, error) {
+	dirs, err := filepath.Glob(filepath.Join(f.repoRoot(), "*", "*.git"))
+	if err != nil {
+		return nil, err
+	}
+	var repos []repoRef
+	for _, d := range dirs {
+		owner, name := filepath.Base(filepath.Dir(d)), strings.TrimSuffix(filepath.Base(d), ".git")
+		if st, err := os.Stat(d); err == nil && st.IsDir() && validName(owner) && validName(name) {
+			repos = append(repos, repoRef{owner, name})
+		}
+	}
+	slices.SortFunc(repos, func(a, b repoRef) int {
+		return strings.Compare(a.Owner+"/"+a.Name, b.Owner+"/"+b.Name)
+	})
+	return repos, nil
+}
+
+// branchTips maps each branch of the bare repository to its commit id.
+// One for-each-ref serves a whole listing, instead of a rev-parse per PR.
+func branchTips(ctx context.Context, bare string) (map[string]string, error) {
+	out, err := gitOutput(ctx, bare, nil, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrRepoNotFound
+		}
+		return nil, err
+	}
+	tips := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if sha, ref, ok := strings.Cut(line, " "); ok {
+			tips[strings.TrimPrefix(ref, "refs/heads/")] = sha
+		}
+	}
+	return tips, nil
+}
+
+// commitsBetween counts the commits on head that base lacks.
+func commitsBetween(ctx context.Context, bare, baseSHA, headSHA string) (int, error) {
+	out, err := gitOutput(ctx, bare, nil, "rev-list", "--count", baseSHA+".."+headSHA)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(out)))
+}

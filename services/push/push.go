@@ -1,0 +1,112 @@
+// Package push is the stage that commits the edited backlog object-level
+// and pushes the attempt's branch.
+package push
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+
+	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/services/clone"
+	"github.com/leviathan-dev/leviathan/services/internal/gitx"
+	"github.com/leviathan-dev/leviathan/services/internal/stage"
+)
+
+// Config configures the push service.
+type Config struct {
+	// Git holds the credentials for every target repository.
+	Git gitx.Remote
+	// AuthorName and AuthorEmail sign the commits (default
+	// "Leviathan <leviathan@example.com>").
+	AuthorName, AuthorEmail string
+	Logger                  *slog.Logger
+}
+
+// Service handles backlog.edited.
+type Service struct {
+	cfg Config
+	res *stage.Resources
+}
+
+// New returns the push service.
+func New(res *stage.Resources, cfg Config) *Service {
+	if cfg.AuthorName == "" {
+		cfg.AuthorName = "Leviathan"
+	}
+	if cfg.AuthorEmail == "" {
+		cfg.AuthorEmail = "leviathan@example.com"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{cfg: cfg, res: res}
+}
+
+// StageConfig is the runner configuration of this stage.
+func StageConfig() stage.Config {
+	return stage.Config{Name: "push", Input: events.BacklogEdited}
+}
+
+// Handle commits and pushes one edited attempt.
+func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
+	var edited events.Edited
+	if err := in.Event.DecodePayload(&edited); err != nil {
+		return stage.Fail(events.ExecutionError, err)
+	}
+	req, err := s.res.Request(ctx, in.Ref.AttemptID)
+	if err != nil {
+		return stage.Retry(err)
+	}
+	in.Ref = req.Ref
+	pack, err := s.res.Snapshots.GetBytes(ctx, edited.BaseSnapshot)
+	if err != nil {
+		return stage.Retry(fmt.Errorf("load snapshot %s: %w", edited.BaseSnapshot, err))
+	}
+	content, err := s.res.Snapshots.GetBytes(ctx, edited.Snapshot)
+	if err != nil {
+		return stage.Retry(fmt.Errorf("load edited backlog %s: %w", edited.Snapshot, err))
+	}
+	repo, err := gitx.OpenPack(pack)
+	if err != nil {
+		return stage.Fail(events.ExecutionError, fmt.Errorf("open snapshot: %w", err))
+	}
+	// The commit time is the edit event's time, so a redelivered push
+	// rebuilds the identical commit and the re-push is a no-op.
+	sig := object.Signature{Name: s.cfg.AuthorName, Email: s.cfg.AuthorEmail, When: in.Event.Timestamp}
+	commit, err := repo.Commit(plumbing.NewHash(edited.BaseCommit), edited.Path, content, gitx.CommitMeta{
+		Message: fmt.Sprintf("Leviathan: Propose task %s\n", req.Task.ID), Author: sig, Committer: sig,
+	})
+	if err != nil {
+		return stage.Fail(events.ExecutionError, fmt.Errorf("build commit: %w", err))
+	}
+	if bad := outside(req.Task.AllowedPaths, commit.ChangedPaths); len(bad) > 0 {
+		return stage.Failf(events.PathViolation, "changed paths %s are outside allowed_paths %s",
+			strings.Join(bad, ", "), strings.Join(req.Task.AllowedPaths, ", "))
+	}
+	remote := s.cfg.Git
+	remote.URL = req.Target.RepoURL
+	res, err := gitx.Push(ctx, remote, req.BranchName, commit)
+	if err != nil {
+		return clone.GitError(err)
+	}
+	return in.Publish(ctx, events.BranchPushed, events.Pushed{
+		Ref: req.Ref, BranchName: req.BranchName, CommitSHA: commit.Hash.String(),
+		ChangedPaths: commit.ChangedPaths, UpToDate: res.UpToDate,
+	})
+}
+
+// outside lists the changed paths that allowed does not cover.
+func outside(allowed, changed []string) []string {
+	var bad []string
+	for _, p := range changed {
+		if !events.PathAllowed(allowed, p) {
+			bad = append(bad, p)
+		}
+	}
+	return bad
+}
