@@ -108,7 +108,9 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 		cfg, h = clone.StageConfig(), svc
 		extra = func(m micro.Service) error {
 			return m.AddEndpoint("submit", micro.HandlerFunc(func(r micro.Request) {
-				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				// Each request gets its own deadline; the start-up ctx
+				// may be long gone.
+				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
 				_ = r.RespondJSON(svc.Submit(rctx, r.Data(), "user:api"))
 			}), micro.WithEndpointSubject("leviathan.api.submit"))

@@ -56,8 +56,9 @@ type Snapshot struct {
 	Commit plumbing.Hash
 	// Strategy is the strategy that produced the snapshot.
 	Strategy Strategy
-	// BytesFetched counts the bytes read off the wire (response bodies,
-	// ref advertisement and protocol framing included).
+	// BytesFetched counts the bytes read off the wire: every response
+	// body (ref advertisement and protocol framing included), also those
+	// of a strategy that the server refused before the one that worked.
 	BytesFetched int64
 	// Pack is a valid packfile holding exactly the fetched objects; open
 	// it with OpenPack.

@@ -72,8 +72,9 @@ type Config struct {
 	// Logger receives one line per failure; slog.Default when nil.
 	Logger *slog.Logger
 	// BeforeAck is a fault-injection point for tests. When it returns an
-	// error, Run returns that error without acknowledging the message, as
-	// a crash between publishing and acking would.
+	// error the runner abandons the delivery without acknowledging it, as
+	// a process that crashed between publishing and acking would; the
+	// server redelivers it after AckWait.
 	BeforeAck func(*Input) error
 }
 
@@ -155,8 +156,7 @@ func (r *Runner) Stats() Stats {
 	return Stats{Processed: r.processed.Load(), Failed: r.failed.Load(), InFlight: r.inFlight.Load()}
 }
 
-// Run processes messages until ctx is done. It returns nil on
-// cancellation and an error only when BeforeAck stops it.
+// Run processes messages until ctx is done.
 func (r *Runner) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		fetchCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -175,22 +175,20 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := r.process(ctx, msg); err != nil {
-			return err
-		}
+		r.process(ctx, msg)
 	}
 	return nil
 }
 
 // process handles one message: handler, then ack, nak or term.
-func (r *Runner) process(ctx context.Context, msg jetstream.Msg) error {
+func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 	in, err := r.input(msg)
 	if err != nil {
 		// A message on our subject we cannot even attribute: nothing to
 		// report it against, so drop it loudly.
 		r.cfg.Logger.Error("dropping undecodable message", "stage", r.cfg.Name, "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
-		return nil
+		return
 	}
 	r.inFlight.Add(1)
 	defer r.inFlight.Add(-1)
@@ -199,7 +197,8 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) error {
 	if herr == nil {
 		if r.cfg.BeforeAck != nil {
 			if err := r.cfg.BeforeAck(in); err != nil {
-				return err
+				r.cfg.Logger.Warn("abandoning delivery (fault injection)", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", err)
+				return
 			}
 		}
 		r.processed.Add(1)
@@ -208,12 +207,12 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) error {
 			// that JetStream drops.
 			r.cfg.Logger.Warn("ack failed", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", err)
 		}
-		return nil
+		return
 	}
 	if ctx.Err() != nil {
 		// Shutting down mid-work: let the message be redelivered.
 		_ = msg.Nak()
-		return nil
+		return
 	}
 	se := classify(herr)
 	if se.Retry && in.Deliveries < r.cfg.MaxDeliver {
@@ -224,7 +223,7 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) error {
 		r.cfg.Logger.Info("retrying", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID,
 			"delivery", in.Deliveries, "delay", delay, "err", herr)
 		_ = msg.NakWithDelay(delay)
-		return nil
+		return
 	}
 	// Permanent, or transient on the last allowed delivery.
 	ft := se.Type
@@ -238,13 +237,13 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) error {
 	if err := in.Publish(ctx, events.AttemptFailed, failed); err != nil {
 		r.cfg.Logger.Warn("publishing attempt.failed failed; will retry", "stage", r.cfg.Name, "err", err)
 		_ = msg.NakWithDelay(time.Second)
-		return nil
+		return
 	}
 	r.failed.Add(1)
 	r.cfg.Logger.Warn("attempt failed", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID,
 		"failure_type", ft, "err", se.Err)
 	_ = msg.Term()
-	return nil
+	return
 }
 
 // handle runs the handler while a heartbeat keeps the delivery alive.
