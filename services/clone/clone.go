@@ -86,7 +86,8 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	remote.URL = req.Target.RepoURL
 	snap, err := gitx.Fetch(ctx, remote, req.Target.Branch, events.BacklogPath, gitx.FetchOptions{Strategy: s.cfg.Strategy})
 	if err != nil {
-		return GitError(err)
+		ft, retry := gitx.Classify(err)
+		return stage.Classified(err, ft, retry)
 	}
 	name := BaseSnapshot(req.AttemptID)
 	if _, err := s.res.Snapshots.PutBytes(ctx, name, snap.Pack); err != nil {
@@ -96,23 +97,6 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		Ref: req.Ref, BaseCommit: snap.Commit.String(), Strategy: string(snap.Strategy),
 		BytesFetched: snap.BytesFetched, Snapshot: name,
 	})
-}
-
-// GitError classifies an error of the git path for the stage runner.
-func GitError(err error) error {
-	switch {
-	case errors.Is(err, gitx.ErrAuth):
-		return stage.Fail(events.AuthFailed, err)
-	case errors.Is(err, gitx.ErrRepoNotFound), errors.Is(err, gitx.ErrBranchNotFound):
-		return stage.Fail(events.RepoNotFound, err)
-	case errors.Is(err, gitx.ErrBranchConflict), errors.Is(err, gitx.ErrRefBlocked):
-		return stage.Fail(events.BranchConflict, err)
-	case errors.Is(err, gitx.ErrNoFilterSupport):
-		return stage.Fail(events.ExecutionError, err)
-	default:
-		// Network errors, 5xx and timeouts: try again.
-		return stage.Retry(err)
-	}
 }
 
 // SubmitResponse answers leviathan.api.submit.

@@ -12,7 +12,6 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/clone"
 	"github.com/leviathan-dev/leviathan/services/internal/gitx"
 	"github.com/leviathan-dev/leviathan/services/internal/stage"
 )
@@ -92,7 +91,8 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	remote.URL = req.Target.RepoURL
 	res, err := gitx.Push(ctx, remote, req.BranchName, commit)
 	if err != nil {
-		return clone.GitError(err)
+		ft, retry := gitx.Classify(err)
+		return stage.Classified(err, ft, retry)
 	}
 	return in.Publish(ctx, events.BranchPushed, events.Pushed{
 		Ref: req.Ref, BranchName: req.BranchName, CommitSHA: commit.Hash.String(),

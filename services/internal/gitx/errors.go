@@ -45,8 +45,14 @@ var (
 	// ErrInvalidPath: a file path is empty, absolute, not clean, or names
 	// .git.
 	ErrInvalidPath = errors.New("gitx: invalid path")
-	// ErrNoFilterSupport: the forced fetch strategy needs a server capability
-	// (partial clone filters, want-by-id, shallow) that the server lacks.
+	// ErrInvalidRemote: the remote URL is not http(s), has no host, or
+	// carries credentials (they belong in Remote.Username/Password).
+	ErrInvalidRemote = errors.New("gitx: invalid remote")
+	// ErrInvalidBranch: the branch name is not a valid git branch name.
+	ErrInvalidBranch = errors.New("gitx: invalid branch name")
+	// ErrNoFilterSupport: the server cannot do the forced fetch strategy
+	// (no "filter" or "shallow" capability, a refused filter kind, refused
+	// wants by id) or, choosing automatically, any strategy at all.
 	ErrNoFilterSupport = errors.New("gitx: server does not support the requested fetch strategy")
 )
 

@@ -72,8 +72,9 @@ type Snapshot struct {
 // ReadFile answers ErrFileNotFound and Commit can create the file.
 //
 // Errors: ErrAuth, ErrRepoNotFound, ErrBranchNotFound, ErrNoFilterSupport,
-// ErrInvalidPath, *StatusError, or a network error (*url.Error, net.Error).
-// Fetch does not retry.
+// ErrInvalidRemote, ErrInvalidBranch, ErrInvalidPath, *StatusError, a
+// context error, or a network error (*url.Error, net.Error). Fetch does not
+// retry.
 func Fetch(ctx context.Context, r Remote, branch string, path string, opt FetchOptions) (*Snapshot, error) {
 	snap, err := fetch(ctx, r, branch, path, opt)
 	if err != nil {
@@ -118,19 +119,15 @@ func fetch(ctx context.Context, r Remote, branch string, path string, opt FetchO
 		return nil, fmt.Errorf("%w (%s)", err, r.displayURL())
 	}
 
-	for i, s := range plan {
+	for _, s := range plan {
 		f := &fetcher{remote: r, sess: sess, caps: adv.Capabilities, strategy: s, store: memory.NewStorage()}
-		err := f.run(ctx, tip, elems)
-		if err != nil {
+		if err = f.run(ctx, tip, elems); err != nil {
 			// Fall back only when choosing automatically and only on a
 			// refusal: a network or auth failure would fail again.
-			if opt.Strategy == "" && i < len(plan)-1 && errors.Is(err, errRefused) {
+			if opt.Strategy == "" && errors.Is(err, errRefused) {
 				continue
 			}
-			if opt.Strategy != "" && errors.Is(err, errRefused) {
-				return nil, fmt.Errorf("%w: %w", ErrNoFilterSupport, err)
-			}
-			return nil, err
+			break
 		}
 		pack, err := f.snapshotPack()
 		if err != nil {
@@ -138,7 +135,12 @@ func fetch(ctx context.Context, r Remote, branch string, path string, opt FetchO
 		}
 		return &Snapshot{Commit: tip, Strategy: s, BytesFetched: fetched.Load(), Pack: pack}, nil
 	}
-	panic("unreachable: planStrategies returns at least one strategy")
+	if opt.Strategy != "" && opt.Strategy != StrategyShallow && errors.Is(err, errRefused) {
+		// The server advertised "filter" but would not serve this one
+		// (a banned filter kind, or wants by id refused).
+		return nil, fmt.Errorf("%w: %w", ErrNoFilterSupport, err)
+	}
+	return nil, err
 }
 
 // planStrategies lists the strategies to try in order, from what the

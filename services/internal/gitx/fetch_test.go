@@ -224,7 +224,7 @@ func TestFetchErrors(t *testing.T) {
 		{"no credentials", Remote{URL: good.URL}, "main", backlogPath, func(err error) bool { return errors.Is(err, ErrAuth) }},
 		{"missing repo", tf.remote("nope"), "main", backlogPath, func(err error) bool { return errors.Is(err, ErrRepoNotFound) }},
 		{"missing branch", good, "develop", backlogPath, func(err error) bool { return errors.Is(err, ErrBranchNotFound) }},
-		{"invalid branch", good, "a..b", backlogPath, func(err error) bool { return err != nil }},
+		{"invalid branch", good, "a..b", backlogPath, func(err error) bool { return errors.Is(err, ErrInvalidBranch) }},
 		{"invalid path", good, "main", "../etc/passwd", func(err error) bool { return errors.Is(err, ErrInvalidPath) }},
 		{"dot git path", good, "main", ".git/config", func(err error) bool { return errors.Is(err, ErrInvalidPath) }},
 		{"server down", Remote{URL: downURL, Password: testToken}, "main", backlogPath, func(err error) bool {

@@ -102,7 +102,7 @@ func bigRepo() map[string][]byte {
 	return files
 }
 
-// packObjects lists the objects of a pack as git sees them: type by hash.
+// packContents lists the objects of a pack as git sees them: type by hash.
 // It indexes the pack with the git CLI, which also proves it valid.
 func packContents(t *testing.T, pack []byte) map[string]string {
 	t.Helper()

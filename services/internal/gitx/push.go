@@ -30,7 +30,9 @@ type PushResult struct {
 // that makes the name impossible fails with ErrRefBlocked naming that ref.
 //
 // Errors: ErrAuth, ErrRepoNotFound, ErrBranchConflict, ErrRefBlocked,
-// ErrPushRejected, *StatusError, or a network error. Push does not retry.
+// ErrPushRejected, ErrInvalidRemote, ErrInvalidBranch, *StatusError, a
+// context error, or a network error (*url.Error, net.Error). Push does not
+// retry.
 func Push(ctx context.Context, r Remote, branch string, c *NewCommit) (PushResult, error) {
 	res, err := push(ctx, r, branch, c)
 	return res, redact(err, r.Password)
@@ -95,13 +97,16 @@ func push(ctx context.Context, r Remote, branch string, c *NewCommit) (PushResul
 		return PushResult{}, fmt.Errorf("%w: %s: the server could not unpack the pack: %s", ErrPushRejected, ref.Short(), report.UnpackStatus)
 	}
 	for _, st := range report.CommandStatuses {
-		if st.Status == "ok" {
+		if st.ReferenceName != ref {
 			continue
+		}
+		if st.Status == "ok" {
+			return PushResult{}, nil
 		}
 		upToDate, err := rejection(ctx, r, ref, c.Hash, st.Status, remoteMsgs.String())
 		return PushResult{UpToDate: upToDate}, err
 	}
-	return PushResult{}, nil
+	return PushResult{}, fmt.Errorf("gitx: push %s to %s: the report-status does not mention the branch", ref.Short(), r.displayURL())
 }
 
 // checkRefs decides from the advertised refs whether ref can be created at

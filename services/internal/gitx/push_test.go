@@ -223,7 +223,7 @@ func TestPushErrors(t *testing.T) {
 			t.Errorf("%s: error shows the password: %v", tc.name, err)
 		}
 	}
-	if _, err := Push(context.Background(), r, "bad..name", c); err == nil {
+	if _, err := Push(context.Background(), r, "bad..name", c); !errors.Is(err, ErrInvalidBranch) {
 		t.Errorf("Push to an invalid branch name succeeded")
 	}
 	if out := git(t, dir, "for-each-ref", "--format=%(refname)"); out != "refs/heads/main" {

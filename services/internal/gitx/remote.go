@@ -82,20 +82,20 @@ func (r Remote) endpoint() (*transport.Endpoint, error) {
 	u, err := url.Parse(r.URL)
 	if err != nil {
 		// url.Parse quotes the input, which could hold a secret: say less.
-		return nil, fmt.Errorf("gitx: invalid remote URL")
+		return nil, fmt.Errorf("%w: unparseable URL", ErrInvalidRemote)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("gitx: remote URL scheme %q is not http or https", u.Scheme)
+		return nil, fmt.Errorf("%w: URL scheme %q is not http or https", ErrInvalidRemote, u.Scheme)
 	}
 	if u.User != nil {
-		return nil, fmt.Errorf("gitx: remote URL %s must not carry credentials; use Remote.Username/Password", r.displayURL())
+		return nil, fmt.Errorf("%w: URL %s must not carry credentials; use Remote.Username/Password", ErrInvalidRemote, r.displayURL())
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("gitx: remote URL %s has no host", r.displayURL())
+		return nil, fmt.Errorf("%w: URL %s has no host", ErrInvalidRemote, r.displayURL())
 	}
 	ep, err := transport.NewEndpoint(strings.TrimSuffix(r.URL, "/"))
 	if err != nil {
-		return nil, fmt.Errorf("gitx: remote URL %s: %w", r.displayURL(), err)
+		return nil, fmt.Errorf("%w: URL %s: %w", ErrInvalidRemote, r.displayURL(), err)
 	}
 	return ep, nil
 }

@@ -40,7 +40,7 @@ func TestRemoteRejectsCredentialsInURL(t *testing.T) {
 		_, ferr := Fetch(context.Background(), r, "main", backlogPath, FetchOptions{})
 		_, perr := Push(context.Background(), r, "agent/x", &NewCommit{Hash: [20]byte{1}})
 		for _, err := range []error{ferr, perr} {
-			if err == nil || !strings.Contains(err.Error(), "must not carry credentials") {
+			if !errors.Is(err, ErrInvalidRemote) || !strings.Contains(err.Error(), "must not carry credentials") {
 				t.Errorf("%v: want a refusal of credentials in the URL", err)
 			}
 			if err != nil && strings.Contains(err.Error(), testToken) {
@@ -49,7 +49,7 @@ func TestRemoteRejectsCredentialsInURL(t *testing.T) {
 		}
 	}
 	for _, u := range []string{"ftp://h/r.git", "git@github.com:acme/repo.git", "https:///r.git", "%zz"} {
-		if _, err := Fetch(context.Background(), Remote{URL: u}, "main", backlogPath, FetchOptions{}); err == nil {
+		if _, err := Fetch(context.Background(), Remote{URL: u}, "main", backlogPath, FetchOptions{}); !errors.Is(err, ErrInvalidRemote) {
 			t.Errorf("Fetch(%q) accepted the URL", u)
 		}
 	}

@@ -64,9 +64,10 @@ func (r *Repo) ReadFile(commit plumbing.Hash, path string) (data []byte, blob pl
 	return data, e.Hash, nil
 }
 
-// CommitMeta is what a new commit says about itself. Author.When must be
-// set (Commit is deterministic, so it does not read the clock); a zero
-// Committer defaults to the Author.
+// CommitMeta is what a new commit says about itself. Author.Name and
+// Author.When must be set (Commit is deterministic, so it does not read the
+// clock); a zero Committer defaults to the Author. Message gets a final
+// newline if it lacks one, as git itself writes messages.
 type CommitMeta struct {
 	Message           string
 	Author, Committer object.Signature
@@ -99,6 +100,9 @@ func (r *Repo) Commit(parent plumbing.Hash, path string, content []byte, meta Co
 	}
 	if meta.Committer == (object.Signature{}) {
 		meta.Committer = meta.Author
+	}
+	if !strings.HasSuffix(meta.Message, "\n") {
+		meta.Message += "\n"
 	}
 	oldRoot, err := r.rootTree(parent)
 	if err != nil {
@@ -419,11 +423,11 @@ func splitPath(path string) ([]string, error) {
 // branchRef is the full ref name of a branch, validated.
 func branchRef(branch string) (plumbing.ReferenceName, error) {
 	if strings.HasPrefix(branch, "refs/") {
-		return "", fmt.Errorf("gitx: branch %q: give the short name, not a ref", branch)
+		return "", fmt.Errorf("%w: %q: give the short name, not a ref", ErrInvalidBranch, branch)
 	}
 	ref := plumbing.NewBranchReferenceName(branch)
 	if err := ref.Validate(); err != nil {
-		return "", fmt.Errorf("gitx: invalid branch name %q", branch)
+		return "", fmt.Errorf("%w: %q", ErrInvalidBranch, branch)
 	}
 	return ref, nil
 }

@@ -139,7 +139,7 @@ func TestDiffTrees(t *testing.T) {
 		return object.TreeEntry{Name: name, Mode: filemode.Dir, Hash: h}
 	}
 	shared := tree(file("s.txt", "shared"))
-	a := tree(file("a.txt", "1"), dir("keep", shared), file("gone.txt", "x"), dir("swap", tree(file("in.txt", "i"))))
+	a := tree(file("a.txt", "1"), file("gone.txt", "x"), dir("keep", shared), dir("swap", tree(file("in.txt", "i"))))
 	b := tree(file("a.txt", "2"), dir("keep", shared), file("new.txt", "n"), file("swap", "now a file"),
 		object.TreeEntry{Name: "x.sh", Mode: filemode.Executable, Hash: blob("1")})
 	repo := &Repo{store: s}

@@ -55,6 +55,15 @@ func RetryAfter(d time.Duration, err error) error {
 	return &Error{Type: events.RetriesExhausted, Retry: true, After: d, Err: err}
 }
 
+// Classified is Retry(err) when retry is set, else Fail(t, err): for
+// packages that classify their own errors (gitx.Classify).
+func Classified(err error, t events.FailureType, retry bool) error {
+	if retry {
+		return Retry(err)
+	}
+	return Fail(t, err)
+}
+
 // classify turns any handler error into an *Error.
 func classify(err error) *Error {
 	var se *Error

@@ -128,12 +128,11 @@ func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, 
 		return nil, err
 	}
 	cfg.setDefaults()
-	// BackOff governs redelivery after an ack timeout (a crashed or stuck
-	// worker); transient errors choose their delay with NakWithDelay.
-	backoff := []time.Duration{cfg.AckWait, 2 * cfg.AckWait, 4 * cfg.AckWait}
-	if len(backoff) > cfg.MaxDeliver {
-		backoff = backoff[:cfg.MaxDeliver]
-	}
+	// No consumer BackOff: with BackOff set, nats-server 2.15 delays a
+	// message NAKed with a delay on its second delivery until the backoff
+	// step instead of the requested delay (reproduced in a test while
+	// writing this). AckWait covers a crashed worker; NakWithDelay gives
+	// each transient error the delay the stage chooses.
 	cons, err := res.JS.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
 		Durable:       cfg.Name,
 		Description:   "leviathan " + cfg.Name + " stage",
@@ -141,7 +140,7 @@ func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, 
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxDeliver:    cfg.MaxDeliver,
-		BackOff:       backoff,
+		AckWait:       cfg.AckWait,
 		MaxAckPending: 1000,
 		Replicas:      res.Stream.CachedInfo().Config.Replicas,
 	})

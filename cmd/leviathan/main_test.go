@@ -1,0 +1,116 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/leviathan-dev/leviathan/services/app"
+)
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+// TestDemo runs the README's run command as a user would, in-process.
+func TestDemo(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	err := run(ctx, []string{"demo", "--data-dir", t.TempDir()}, env(map[string]string{"LEVIATHAN_CONTROL_PLANE_TOKEN": "tok-demo-secret"}), &out, &errOut)
+	if err != nil {
+		t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
+	o := out.String()
+	if !regexp.MustCompile(`(?m)^pull request: http://127\.0\.0\.1:\d+/leviathan/demo/pull/1$`).MatchString(o) {
+		t.Fatalf("no PR URL in output:\n%s", o)
+	}
+	for _, stage := range []string{"attempt.created", "repo.fetched", "backlog.edited", "branch.pushed", "pr.created", "attempt.succeeded"} {
+		if !strings.Contains(o, stage) {
+			t.Errorf("output does not show %s", stage)
+		}
+	}
+	i := strings.Index(o, "graph summary:\n")
+	if i < 0 {
+		t.Fatalf("no summary:\n%s", o)
+	}
+	var sum struct {
+		Nodes map[string]int `json:"nodes_by_type"`
+		Edges map[string]int `json:"edges_by_type"`
+	}
+	if err := json.Unmarshal([]byte(o[i+len("graph summary:\n"):]), &sum); err != nil {
+		t.Fatalf("summary is not JSON: %v\n%s", err, o[i:])
+	}
+	if sum.Nodes["PullRequest"] != 1 || sum.Nodes["Commit"] != 1 || sum.Edges["PRODUCED"] != 2 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if strings.Contains(o+errOut.String(), "tok-demo-secret") {
+		t.Fatal("the control plane token was printed")
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+	}{
+		{nil, 2},
+		{[]string{"frobnicate"}, 2},
+		{[]string{"run"}, 2},
+		{[]string{"run", "nosuch"}, 1},
+		{[]string{"demo", "--no-such-flag"}, 2},
+	}
+	for _, c := range cases {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), c.args, env(nil), &out, &errOut)
+		if err == nil || exitCode(err) != c.code {
+			t.Errorf("%v: err %v (code %d), want code %d", c.args, err, exitCode(err), c.code)
+		}
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, env(nil), &out, &out); err != nil || !strings.HasPrefix(out.String(), "leviathan ") {
+		t.Fatalf("version: %v %q", err, out.String())
+	}
+}
+
+func TestSubmitWithoutServer(t *testing.T) {
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"submit", "--nats-url", "nats://127.0.0.1:1", "--target", "x"}, env(nil), &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "connect to NATS") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestSubmitWait follows an attempt through the CLI against a running
+// stack, then a rejected one.
+func TestSubmitWait(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := app.StartStack(ctx, app.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var out, errOut bytes.Buffer
+	err = run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
+		"--task-id", "T-cli", "--title", "From the CLI", "--attempt-id", "a-cli", "--wait"}, env(nil), &out, &errOut)
+	if err != nil {
+		t.Fatalf("submit: %v\n%s%s", err, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "attempt a-cli accepted") || !strings.Contains(out.String(), "succeeded: http://") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+	out.Reset()
+	err = run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
+		"--task-id", "T-bad", "--title", "x", "--allowed-path", "../up", "--wait"}, env(nil), &out, &errOut)
+	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "task.allowed_paths[0]") {
+		t.Fatalf("invalid submit: %v", err)
+	}
+}
