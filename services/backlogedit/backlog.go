@@ -115,6 +115,12 @@ func parseTasks(doc []byte) (seq *yaml.Node, keyIndent int, err error) {
 	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
 		return nil, 0, invalidf("file is empty")
 	}
+	// The node tree keeps aliases unexpanded, but anything that later
+	// decodes this file into values would expand them: refuse a file
+	// whose aliases would blow up (a "billion laughs").
+	if n := expandedSize(&root, map[*yaml.Node]int{}); n > maxExpandedNodes {
+		return nil, 0, invalidf("YAML aliases expand to more than %d nodes", maxExpandedNodes)
+	}
 	top := root.Content[0]
 	switch top.Kind {
 	case yaml.SequenceNode:
@@ -138,6 +144,33 @@ func parseTasks(doc []byte) (seq *yaml.Node, keyIndent int, err error) {
 	default:
 		return nil, 0, invalidf("top level is neither a mapping with tasks nor a list")
 	}
+}
+
+// maxExpandedNodes bounds the size of the document with every alias
+// expanded. A real backlog has a few thousand nodes at most.
+const maxExpandedNodes = 1_000_000
+
+// expandedSize counts the nodes of n with aliases expanded, memoised per
+// node so the count itself is linear in the document, and saturating so
+// it cannot overflow.
+func expandedSize(n *yaml.Node, memo map[*yaml.Node]int) int {
+	if v, ok := memo[n]; ok {
+		return v
+	}
+	memo[n] = maxExpandedNodes + 1 // a cycle counts as a bomb
+	size := 1
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		size = expandedSize(n.Alias, memo)
+	}
+	for _, c := range n.Content {
+		size += expandedSize(c, memo)
+		if size > maxExpandedNodes {
+			size = maxExpandedNodes + 1
+			break
+		}
+	}
+	memo[n] = size
+	return size
 }
 
 func mapValue(m *yaml.Node, key string) *yaml.Node {

@@ -71,6 +71,15 @@ func checkAppended(t *testing.T, doc, out string) {
 	}
 }
 
+func TestAppendKeepsSmallAnchors(t *testing.T) {
+	doc := "defaults: &d\n  priority: low\ntasks:\n  - id: T-1\n    title: x\n    extra: *d\n"
+	out, err := Append([]byte(doc), newTask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAppended(t, doc, string(out))
+}
+
 func TestAppendEmptyLists(t *testing.T) {
 	for _, doc := range []string{"tasks:\n", "tasks: []\nmetadata: {}\n", "tasks: null\n", "tasks: # none yet\nx: 1\n", "[]\n"} {
 		out, err := Append([]byte(doc), newTask)
@@ -86,14 +95,15 @@ func TestAppendEmptyLists(t *testing.T) {
 
 func TestAppendErrors(t *testing.T) {
 	cases := map[string]string{
-		"empty":       "  \n",
-		"not yaml":    "tasks: [\n",
-		"not list":    "tasks: 3\n",
-		"entry":       "tasks:\n  - 3\n",
-		"no tasks":    "metadata: {}\n",
-		"scalar root": "hello\n",
-		"too big":     "tasks:\n" + strings.Repeat("# x\n", MaxBacklogSize/4+1),
-		"alias bomb":  "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\ntasks: [*c]\n",
+		"empty":         "  \n",
+		"not yaml":      "tasks: [\n",
+		"not list":      "tasks: 3\n",
+		"entry":         "tasks:\n  - 3\n",
+		"no tasks":      "metadata: {}\n",
+		"scalar root":   "hello\n",
+		"too big":       "tasks:\n" + strings.Repeat("# x\n", MaxBacklogSize/4+1),
+		"metadata bomb": "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\ntasks:\n  - id: T-1\n    title: x\n",
+		"alias bomb":    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\ntasks: [*c]\n",
 	}
 	for name, doc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -108,4 +118,47 @@ func TestAppendErrors(t *testing.T) {
 	if !errors.Is(err, ErrTaskExists) {
 		t.Fatalf("duplicate: err = %v", err)
 	}
+}
+
+// FuzzAppend: whatever the file, Append either refuses it or returns the
+// file with one block inserted that parses as a list ending in the task.
+func FuzzAppend(f *testing.F) {
+	for _, s := range []string{
+		"tasks:\n  - id: T-1\n    title: x\n", "tasks:\n- id: a\n", "- id: a\n", "tasks: []\n", "tasks:\n",
+		"# c\ntasks: # c\n  - id: T-1 # c\n    title: 'x'\n  # c\nmeta: 1\n", "tasks: [{id: a}]\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		out, err := Append(doc, newTask)
+		if err != nil {
+			return
+		}
+		seq, _, err := parseTasks(out)
+		if err != nil || seq == nil {
+			t.Fatalf("result does not parse: %v\n%q", err, out)
+		}
+		if id := mapValue(seq.Content[len(seq.Content)-1], "id"); id == nil || id.Value != newTask.ID {
+			t.Fatalf("last task is not ours:\n%q", out)
+		}
+		in := string(doc)
+		p := 0
+		for p < len(in) && p < len(out) && in[p] == out[p] {
+			p++
+		}
+		s := 0
+		for s < len(in)-p && s < len(out)-p && in[len(in)-1-s] == out[len(out)-1-s] {
+			s++
+		}
+		if p+s < len(in) && !emptyListReplaced(in) {
+			t.Fatalf("original bytes changed:\n%q\n%q", in, out)
+		}
+	})
+}
+
+// emptyListReplaced reports documents whose empty list token ([], null, ~)
+// Append legitimately replaces.
+func emptyListReplaced(doc string) bool {
+	seq, _, err := parseTasks([]byte(doc))
+	return err == nil && seq == nil || err == nil && len(seq.Content) == 0
 }
