@@ -29,6 +29,9 @@ const BacklogPath = ".leviathan/backlog.yaml"
 type ValidationError struct {
 	Field  string
 	Reason string
+	// Secret marks a request that carries a credential (in its repo_url):
+	// whoever stored it should erase it.
+	Secret bool
 }
 
 func (e *ValidationError) Error() string {
@@ -252,7 +255,9 @@ func validateRepoURL(raw string) error {
 	case u.User != nil:
 		// Credentials in URLs end up in logs and events; they come from
 		// the service's configuration instead.
-		return invalid(field, "must not contain credentials")
+		ve := invalid(field, "must not contain credentials")
+		ve.Secret = true
+		return ve
 	case u.RawQuery != "" || u.Fragment != "":
 		return invalid(field, "must not have a query or fragment")
 	case strings.Trim(u.Path, "/") == "":

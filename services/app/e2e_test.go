@@ -25,22 +25,30 @@ import (
 // startTestStack runs the embedded stack on free ports in a temp dir.
 func startTestStack(t *testing.T, tune func(*stage.Config)) *Stack {
 	t.Helper()
+	return startTestStackWith(t, StackConfig{}, tune)
+}
+
+// startTestStackWith is startTestStack with some of the configuration set.
+func startTestStackWith(t *testing.T, cfg StackConfig, tune func(*stage.Config)) *Stack {
+	t.Helper()
 	if _, err := exec.LookPath("git"); err != nil {
 		t.Skip("git not installed")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := StartStack(ctx, StackConfig{
-		DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Tune: func(c *stage.Config) {
-			c.AckWait = time.Second
-			c.RetryDelays = []time.Duration{100 * time.Millisecond}
-			if tune != nil {
-				tune(c)
-			}
-		},
-	})
+	cfg.DataDir, cfg.NATSAddr, cfg.ForgeAddr, cfg.HTTPAddr = t.TempDir(), "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	cfg.Tune = func(c *stage.Config) {
+		c.AckWait = time.Second
+		c.MaxDeliver = 3
+		c.RetryDelays = []time.Duration{100 * time.Millisecond}
+		if tune != nil {
+			tune(c)
+		}
+	}
+	s, err := StartStack(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,8 +55,11 @@ type StackConfig struct {
 	// files in DataDir.
 	ControlToken string
 	ForgeToken   string
-	Logger       *slog.Logger
-	Tune         func(*stage.Config)
+	// GitToken is what the services send to localforge's git endpoint;
+	// empty means ForgeToken (tests set a wrong one).
+	GitToken string
+	Logger   *slog.Logger
+	Tune     func(*stage.Config)
 }
 
 // Stack is NATS with JetStream, localforge with the demo repository, the
@@ -112,7 +115,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 	}
 	s.deps = &deps{
 		nc: nc, res: res, logger: cfg.Logger, instance: "dev", tune: cfg.Tune, forge: driver,
-		git: gitx.Remote{Username: "x-access-token", Password: cfg.ForgeToken},
+		git: gitx.Remote{Username: "x-access-token", Password: firstNonEmpty(cfg.GitToken, cfg.ForgeToken)},
 	}
 	var comps []*component
 	for _, name := range StageNames {
@@ -266,3 +269,10 @@ func (s *Stack) Forge() *localforge.Forge { return s.forge }
 
 // Applied is the stream sequence of the last event the projector applied.
 func (s *Stack) Applied() uint64 { return s.proj.Applied() }
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

@@ -61,7 +61,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	var content []byte
 	switch {
 	case errors.Is(err, gitx.ErrFileNotFound) && req.CreateBacklog:
-		content = NewBacklog(req.Task)
+		content, err = NewBacklog(req.Task), nil
 	case errors.Is(err, gitx.ErrFileNotFound):
 		return stage.Failf(events.BacklogInvalid, "%s does not exist in %s at %s (set create_backlog: true to create it)",
 			events.BacklogPath, req.Target.Name, fetched.BaseCommit)

@@ -60,7 +60,17 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 			return stage.Fail(events.InvalidRequest, err)
 		}
 		s.cfg.Logger.Info("request rejected", "attempt", in.Ref.AttemptID, "field", ve.Field, "reason", ve.Reason)
-		return in.Publish(ctx, events.AttemptRejected, events.Rejected{Ref: in.Ref, Reason: ve.Reason, Field: ve.Field})
+		if err := in.Publish(ctx, events.AttemptRejected, events.Rejected{Ref: in.Ref, Reason: ve.Reason, Field: ve.Field}); err != nil {
+			return stage.Retry(err)
+		}
+		if ve.Secret {
+			// The request was stored as published, credential and all:
+			// erase it (overwriting it on disk) now that it is answered.
+			if err := s.res.Stream.SecureDeleteMsg(ctx, in.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return stage.Retry(fmt.Errorf("erase request holding a credential: %w", err))
+			}
+		}
+		return nil
 	}
 	in.Ref = req.Ref
 	if err := s.res.Claim(ctx, req.AttemptID, in.Seq); err != nil {
