@@ -40,15 +40,7 @@ func TestAppendKeepsBytes(t *testing.T) {
 // the last task parses to the new task.
 func checkAppended(t *testing.T, doc, out string) {
 	t.Helper()
-	p := 0
-	for p < len(doc) && p < len(out) && doc[p] == out[p] {
-		p++
-	}
-	s := 0
-	for s < len(doc)-p && s < len(out)-p && doc[len(doc)-1-s] == out[len(out)-1-s] {
-		s++
-	}
-	if p+s < len(doc) {
+	if !onlyInsertion(doc, out) {
 		t.Fatalf("bytes of the original changed:\n--- before\n%s\n--- after\n%s", doc, out)
 	}
 	var v any
@@ -142,15 +134,7 @@ func FuzzAppend(f *testing.F) {
 			t.Fatalf("last task is not ours:\n%q", out)
 		}
 		in := string(doc)
-		p := 0
-		for p < len(in) && p < len(out) && in[p] == out[p] {
-			p++
-		}
-		s := 0
-		for s < len(in)-p && s < len(out)-p && in[len(in)-1-s] == out[len(out)-1-s] {
-			s++
-		}
-		if p+s < len(in) && !emptyListReplaced(in) {
+		if !onlyInsertion(in, string(out)) && !emptyListReplaced(in) {
 			t.Fatalf("original bytes changed:\n%q\n%q", in, out)
 		}
 	})
@@ -161,4 +145,18 @@ func FuzzAppend(f *testing.F) {
 func emptyListReplaced(doc string) bool {
 	seq, _, err := parseTasks([]byte(doc))
 	return err == nil && seq == nil || err == nil && len(seq.Content) == 0
+}
+
+// onlyInsertion reports whether after is before with one block inserted:
+// the common prefix and suffix together cover all of before.
+func onlyInsertion(before, after string) bool {
+	p := 0
+	for p < len(before) && p < len(after) && before[p] == after[p] {
+		p++
+	}
+	s := 0
+	for s < len(before)-p && s < len(after)-p && before[len(before)-1-s] == after[len(after)-1-s] {
+		s++
+	}
+	return p+s == len(before) && len(after) > len(before)
 }
