@@ -36,5 +36,68 @@ lint:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseRequest -fuzztime 30s ./events/
 
+# Benchmarks (bench/README.md). `bench` runs every one; a new benchmark adds
+# its target to BENCHES. They measure time, so run them without -j.
+# Flags of the git benchmark: make bench-git BENCH_GIT_FLAGS='-n 3 -repos small'.
+BENCHES := bench-git bench-projector
+
+.PHONY: bench $(BENCHES)
+
+bench: $(BENCHES)
+
+# Generates (once, cached in bench/cache) a small and a large repository,
+# times one attempt's git work per strategy and the git CLI baselines, and
+# writes the "git" key of bench/results.json.
+bench-git:
+	$(GO) run ./services/internal/gitx/gitbench $(BENCH_GIT_FLAGS)
+
+# Fills a JetStream stream with 1,000,000 realistic events and measures the
+# projector's replay rate, the graph summary's latency and the graph's memory
+# per attempt; writes the "projector" key of bench/results.json.
+# Flags: make bench-projector BENCH_PROJECTOR_FLAGS='-events 200000'.
+bench-projector:
+	$(GO) run ./services/projector/projbench $(BENCH_PROJECTOR_FLAGS)
+
+# Kubernetes on a local kind cluster (README "Run on kind"). `make dev` stays
+# the laptop stack; `make kind-dev` (or `skaffold dev`) is the cluster one.
+# kind is installed with `go install sigs.k8s.io/kind@v0.33.0`: the release
+# whose node image deploy/kind/cluster.yaml pins.
+KIND         ?= kind
+SKAFFOLD     ?= skaffold
+KIND_CLUSTER := leviathan
+KIND_INSTALL := sigs.k8s.io/kind@v0.33.0
+
+.PHONY: kind-up kind-down kind-dev deploy-check image-prebuilt
+
+kind-up:
+	@command -v $(KIND) >/dev/null || { echo "kind not found: go install $(KIND_INSTALL)"; exit 1; }
+	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
+		$(KIND) create cluster --config deploy/kind/cluster.yaml --wait 120s
+	kubectl config use-context kind-$(KIND_CLUSTER)
+
+kind-down:
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+# Build, deploy deploy/overlays/dev, forward ports, redeploy on every change.
+kind-dev: kind-up
+	$(SKAFFOLD) dev --kube-context kind-$(KIND_CLUSTER)
+
+# The offline checks of deploy/ and skaffold.yaml: both overlays rendered and
+# strictly decoded, cross-checks, the skaffold schema, the kind config, and
+# the rendered pods run as containers of the image (needs Docker).
+deploy-check:
+	kubectl kustomize deploy/overlays/dev >/dev/null
+	kubectl kustomize deploy/overlays/prod >/dev/null
+	cd tests && $(GO) test -count=1 ./deploy/
+
+# The image without any registry: deploy/Dockerfile.prebuilt around a binary
+# built here (the `runtime` target of deploy/Dockerfile, offline).
+image-prebuilt:
+	rm -rf bin/image
+	mkdir -p bin/image/rootfs/usr/local/bin bin/image/rootfs/etc/ssl/certs
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/image/rootfs/usr/local/bin/leviathan ./cmd/leviathan
+	cp /etc/ssl/certs/ca-certificates.crt bin/image/rootfs/etc/ssl/certs/
+	docker build -f deploy/Dockerfile.prebuilt -t leviathan:prebuilt bin/image
+
 clean:
 	rm -rf bin .leviathan-dev

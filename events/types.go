@@ -161,6 +161,19 @@ type Succeeded struct {
 	PRNumber *int    `json:"pr_number"`
 	PRURL    *string `json:"pr_url"`
 	Note     string  `json:"note,omitempty"`
+	// DryRun is set when the request asked for a dry run: what the
+	// attempt would have pushed and proposed. Nothing was pushed.
+	DryRun *DryRunPlan `json:"dry_run,omitempty"`
+}
+
+// DryRunPlan is what a dry run would have done.
+type DryRunPlan struct {
+	BranchName   string   `json:"branch_name"`
+	CommitSHA    string   `json:"commit_sha"`
+	ChangedPaths []string `json:"changed_paths"`
+	Base         string   `json:"base"`
+	PRTitle      string   `json:"pr_title"`
+	Draft        bool     `json:"draft,omitempty"`
 }
 
 // Failed is the payload of attempt.failed.

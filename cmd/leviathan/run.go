@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/leviathan-dev/leviathan/services/app"
 )
 
@@ -21,6 +23,9 @@ Usage:
   leviathan demo     [flags]            run everything, submit one attempt, print the PR and the graph summary
   leviathan run      <service> [flags]  run one service: clone, backlog-edit, push, pr, projector, localforge
   leviathan submit   [flags]            submit an attempt (--wait to follow it to the end)
+  leviathan watch    [attempt] [flags]  follow one attempt to its end, or every event live
+  leviathan summary  [flags]            print the graph summary from the control plane API
+  leviathan config   get|set|list|delete  per-target guardrails in the leviathan-config bucket
   leviathan version
 
 Run "leviathan <command> -h" for the flags of a command.
@@ -59,6 +64,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdRun(ctx, args[1:], env, stdout, stderr)
 	case "submit":
 		return cmdSubmit(ctx, args[1:], env, stdout, stderr)
+	case "watch":
+		return cmdWatch(ctx, args[1:], env, stdout, stderr)
+	case "summary":
+		return cmdSummary(ctx, args[1:], env, stdout, stderr)
+	case "config":
+		return cmdConfig(ctx, args[1:], env, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "leviathan", version)
 		return nil
@@ -75,25 +86,33 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // Packages never read the environment themselves.
 type environment struct {
 	NATSURL       string // NATS_URL
+	NATSUser      string // NATS_USER (with NATS_PASSWORD: user/password auth)
+	NATSPassword  string // NATS_PASSWORD
 	GitUsername   string // LEVIATHAN_GIT_USERNAME (default x-access-token)
 	GitToken      string // LEVIATHAN_GIT_TOKEN
 	ForgeToken    string // LEVIATHAN_FORGE_TOKEN (GitHub token)
 	ForgeAPIURL   string // LEVIATHAN_FORGE_API_URL (empty: api.github.com)
 	ControlToken  string // LEVIATHAN_CONTROL_PLANE_TOKEN
+	ControlURL    string // LEVIATHAN_CONTROL_PLANE_URL (summary)
 	LogLevel      string // LEVIATHAN_LOG_LEVEL (debug, info, warn, error)
 	StreamReplica string // LEVIATHAN_STREAM_REPLICAS
+	Forge         forgeEnv
 }
 
 func envConfig(getenv func(string) string) environment {
 	e := environment{
 		NATSURL:       getenv("NATS_URL"),
+		NATSUser:      getenv("NATS_USER"),
+		NATSPassword:  getenv("NATS_PASSWORD"),
 		GitUsername:   getenv("LEVIATHAN_GIT_USERNAME"),
 		GitToken:      getenv("LEVIATHAN_GIT_TOKEN"),
 		ForgeToken:    getenv("LEVIATHAN_FORGE_TOKEN"),
 		ForgeAPIURL:   getenv("LEVIATHAN_FORGE_API_URL"),
 		ControlToken:  getenv("LEVIATHAN_CONTROL_PLANE_TOKEN"),
+		ControlURL:    getenv("LEVIATHAN_CONTROL_PLANE_URL"),
 		LogLevel:      getenv("LEVIATHAN_LOG_LEVEL"),
 		StreamReplica: getenv("LEVIATHAN_STREAM_REPLICAS"),
+		Forge:         forgeEnvFrom(getenv),
 	}
 	if e.NATSURL == "" {
 		e.NATSURL = "nats://127.0.0.1:4222"
@@ -102,6 +121,16 @@ func envConfig(getenv func(string) string) environment {
 		e.GitUsername = "x-access-token"
 	}
 	return e
+}
+
+// natsOptions are the connection options every NATS client of the CLI
+// uses. Credentials come from their own variables, not from NATS_URL, so a
+// Kubernetes Secret can supply them and they never appear in a URL or a log.
+func (e environment) natsOptions() []nats.Option {
+	if e.NATSUser == "" && e.NATSPassword == "" {
+		return nil
+	}
+	return []nats.Option{nats.UserInfo(e.NATSUser, e.NATSPassword)}
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

@@ -18,7 +18,7 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 		return &exitError{code: 2, msg: fmt.Sprintf("run: which service? one of %s", strings.Join(app.ServiceNames, ", "))}
 	}
 	cfg := app.ServiceConfig{
-		Name: args[0], GitUsername: env.GitUsername, GitToken: env.GitToken,
+		Name: args[0], NATSOptions: env.natsOptions(), GitUsername: env.GitUsername, GitToken: env.GitToken,
 		ForgeToken: env.ForgeToken, ForgeAPIURL: env.ForgeAPIURL, ControlToken: env.ControlToken,
 	}
 	fs := flag.NewFlagSet("run "+cfg.Name, flag.ContinueOnError)
@@ -33,6 +33,11 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 	if err := fs.Parse(args[1:]); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
+	forgeCfg, err := env.Forge.config()
+	if err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	cfg.Forge = forgeCfg
 	cfg.Replicas = 1
 	if env.StreamReplica != "" {
 		n, err := strconv.Atoi(env.StreamReplica)

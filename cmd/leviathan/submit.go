@@ -73,7 +73,7 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*natsURL, nats.Name("leviathan-submit"))
+	nc, err := nats.Connect(*natsURL, append(env.natsOptions(), nats.Name("leviathan-submit"))...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
 	}

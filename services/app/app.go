@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/leviathan-dev/leviathan/services/backlogedit"
 	"github.com/leviathan-dev/leviathan/services/clone"
@@ -51,6 +52,10 @@ type deps struct {
 	// tune adjusts every stage's runner configuration (tests shorten
 	// AckWait and inject crashes).
 	tune func(*stage.Config)
+	// reg is the process's metrics registry, served at /metrics; metrics
+	// are the stage metrics registered in it.
+	reg     *prometheus.Registry
+	metrics *stage.Metrics
 }
 
 // component is one running part of a process.
@@ -77,8 +82,10 @@ func randomHex(n int) string {
 }
 
 // Connect opens the NATS connection and ensures the shared resources.
-func Connect(ctx context.Context, url, name string, replicas int) (*nats.Conn, *stage.Resources, error) {
-	nc, err := nats.Connect(url, nats.Name("leviathan-"+name), nats.MaxReconnects(-1))
+// opts add to the defaults (name, reconnect forever), e.g. credentials.
+func Connect(ctx context.Context, url, name string, replicas int, opts ...nats.Option) (*nats.Conn, *stage.Resources, error) {
+	opts = append([]nats.Option{nats.Name("leviathan-" + name), nats.MaxReconnects(-1)}, opts...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
@@ -128,6 +135,7 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 		return nil, fmt.Errorf("unknown service %q", name)
 	}
 	cfg.Logger = logger
+	cfg.Metrics = d.metrics
 	if d.tune != nil {
 		d.tune(&cfg)
 	}
@@ -193,33 +201,51 @@ func startComponents(ctx context.Context, d *deps, comps []*component) (wait fun
 
 // projectorComponent runs the projector and its API on addr.
 func projectorComponent(d *deps, ln net.Listener, token string) (*component, *projector.Projector) {
-	p := projector.New(d.res, d.logger.With("service", "projector"))
-	srv := &http.Server{Handler: projector.NewAPI(p, token).Handler(), ReadHeaderTimeout: 10 * time.Second}
+	logger := d.logger.With("service", "projector")
+	p := projector.New(d.res, projector.Config{Logger: logger, Registerer: d.reg})
+	api := projector.NewAPI(p, projector.APIConfig{Token: token, Metrics: metricsHandler(d.reg), Logger: logger})
+	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	run := func(ctx context.Context) error {
-		errc := make(chan error, 2)
+		ctx, stop := context.WithCancel(ctx)
+		defer stop()
+		served := make(chan error, 1)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
+				served <- err
 			}
 		}()
-		go func() { errc <- p.Run(ctx) }()
+		projected := make(chan error, 1)
+		go func() { projected <- p.Run(ctx) }()
+		var err error
+		ended := false
 		select {
 		case <-ctx.Done():
-		case err := <-errc:
-			if err != nil {
-				return err
-			}
+		case err = <-served:
+		case err = <-projected:
+			ended = true
 		}
+		stop()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		_ = srv.Shutdown(sctx)
+		// The projector stores its last snapshot on the way out: wait for
+		// it while NATS is still there.
+		if !ended {
+			if perr := <-projected; err == nil {
+				err = perr
+			}
+		}
+		return err
 	}
 	return &component{name: "projector", run: run}, p
 }
 
-// healthHandler serves /healthz and /readyz for a stage service.
-func healthHandler(ready func() bool) http.Handler {
+// healthHandler serves /healthz, /readyz and /metrics for a stage service.
+func healthHandler(ready func() bool, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})

@@ -10,7 +10,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/leviathan-dev/leviathan/services/internal/forge"
+	"github.com/nats-io/nats.go"
+
 	"github.com/leviathan-dev/leviathan/services/internal/gitx"
 	"github.com/leviathan-dev/leviathan/services/localforge"
 )
@@ -21,10 +22,16 @@ type ServiceConfig struct {
 	NATSURL  string
 	HTTPAddr string // /healthz and /readyz; the projector serves its API here
 	Replicas int    // of the stream and buckets (1 dev, 3 prod)
+	// NATSOptions are extra connection options, such as credentials
+	// (nats.UserInfo); main builds them from the environment.
+	NATSOptions []nats.Option
 	// Git credentials for target repositories (basic auth only).
 	GitUsername, GitToken string
 	// Forge credentials and API root for the pr service.
 	ForgeToken, ForgeAPIURL string
+	// Forge adds GitHub App authentication (also used for git by clone
+	// and push) and the forge pacing.
+	Forge ForgeConfig
 	// ControlToken is the projector's bearer token.
 	ControlToken string
 	// DataDir is localforge's data directory.
@@ -38,8 +45,8 @@ func (c *ServiceConfig) validate() error {
 		return fmt.Errorf("unknown service %q (one of %v)", c.Name, ServiceNames)
 	case c.Name == "projector" && c.ControlToken == "":
 		return errors.New("projector: LEVIATHAN_CONTROL_PLANE_TOKEN is required")
-	case c.Name == "pr" && c.ForgeToken == "":
-		return errors.New("pr: LEVIATHAN_FORGE_TOKEN is required")
+	case c.Name == "pr" && c.ForgeToken == "" && !c.Forge.IsApp():
+		return errors.New("pr: LEVIATHAN_FORGE_TOKEN or a GitHub App (LEVIATHAN_GITHUB_APP_ID, ...) is required")
 	case c.Name == "localforge" && c.ForgeToken == "":
 		return errors.New("localforge: LEVIATHAN_FORGE_TOKEN is required")
 	}
@@ -62,7 +69,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	if cfg.Name == "localforge" {
 		return runLocalforge(ctx, cfg, ln)
 	}
-	nc, res, err := Connect(ctx, cfg.NATSURL, cfg.Name, cfg.Replicas)
+	nc, res, err := Connect(ctx, cfg.NATSURL, cfg.Name, cfg.Replicas, cfg.NATSOptions...)
 	if err != nil {
 		ln.Close()
 		return err
@@ -70,19 +77,20 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	defer nc.Close()
 	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(),
 		git: gitx.Remote{Username: cfg.GitUsername, Password: cfg.GitToken}}
+	if d.reg, d.metrics, err = newRegistry(); err != nil {
+		return err
+	}
 	var comp *component
 	if cfg.Name == "projector" {
 		comp, _ = projectorComponent(d, ln, cfg.ControlToken)
 	} else {
-		if cfg.Name == "pr" {
-			if d.forge, err = forge.NewGitHub(forge.GitHubConfig{Token: cfg.ForgeToken, BaseURL: cfg.ForgeAPIURL}); err != nil {
-				return err
-			}
+		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr"); err != nil {
+			return err
 		}
 		if comp, err = stageComponent(ctx, cfg.Name, d); err != nil {
 			return err
 		}
-		srv := &http.Server{Handler: healthHandler(nc.IsConnected), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: healthHandler(nc.IsConnected, metricsHandler(d.reg)), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 	}
@@ -101,7 +109,17 @@ func runLocalforge(ctx context.Context, cfg ServiceConfig, ln net.Listener) erro
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: f.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	reg, _, err := newRegistry()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	// localforge serves /healthz itself; add /readyz and /metrics.
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsHandler(reg))
+	mux.Handle("GET /readyz", healthHandler(func() bool { return true }, nil))
+	mux.Handle("/", f.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()

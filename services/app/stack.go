@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/leviathan-dev/leviathan/services/internal/forge"
 	"github.com/leviathan-dev/leviathan/services/internal/gitx"
 	"github.com/leviathan-dev/leviathan/services/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/localforge"
@@ -60,6 +59,9 @@ type StackConfig struct {
 	GitToken string
 	Logger   *slog.Logger
 	Tune     func(*stage.Config)
+	// Forge selects GitHub App authentication (localforge is told the
+	// app's public key) and the forge pacing.
+	Forge ForgeConfig
 }
 
 // Stack is NATS with JetStream, localforge with the demo repository, the
@@ -108,14 +110,25 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	driver, err := forge.NewGitHub(forge.GitHubConfig{Token: cfg.ForgeToken, BaseURL: s.ForgeURL + "/api/v3/"})
+	git := gitx.Remote{Username: "x-access-token", Password: firstNonEmpty(cfg.GitToken, cfg.ForgeToken)}
+	if cfg.Forge.IsApp() {
+		// Git uses the App's installation tokens unless a test sets one.
+		git.Password = cfg.GitToken
+	}
+	driver, git, err := cfg.Forge.clients(cfg.ForgeToken, s.ForgeURL+"/api/v3/", git, true)
+	if err == nil {
+		err = cfg.Forge.registerApp(s.forge)
+	}
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	s.deps = &deps{
-		nc: nc, res: res, logger: cfg.Logger, instance: "dev", tune: cfg.Tune, forge: driver,
-		git: gitx.Remote{Username: "x-access-token", Password: firstNonEmpty(cfg.GitToken, cfg.ForgeToken)},
+		nc: nc, res: res, logger: cfg.Logger, instance: "dev", tune: cfg.Tune, forge: driver, git: git,
+	}
+	if s.deps.reg, s.deps.metrics, err = newRegistry(); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	var comps []*component
 	for _, name := range StageNames {

@@ -53,6 +53,14 @@ type Config struct {
 	// the X-RateLimit-* headers and enforced like GitHub does (403 with
 	// X-RateLimit-Remaining: 0). Zero means 5000, GitHub's limit for a token.
 	RateLimit int
+	// Apps may mint installation tokens (POST
+	// /api/v3/app/installations/{id}/access_tokens with an RS256 JWT);
+	// those tokens then work for the API and for git, like Token, until
+	// they expire. More can be added with RegisterApp.
+	Apps []App
+	// InstallationTokenTTL is the lifetime of minted installation tokens
+	// (default one hour, as on GitHub).
+	InstallationTokenTTL time.Duration
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -67,6 +75,9 @@ func (c *Config) validate() error {
 	if c.RateLimit < 0 {
 		return fmt.Errorf("%w: RateLimit must not be negative", ErrInvalidConfig)
 	}
+	if c.InstallationTokenTTL < 0 {
+		return fmt.Errorf("%w: InstallationTokenTTL must not be negative", ErrInvalidConfig)
+	}
 	return nil
 }
 
@@ -76,6 +87,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.InstallationTokenTTL == 0 {
+		c.InstallationTokenTTL = defaultInstallationTokenTTL
 	}
 }
 
@@ -92,6 +106,10 @@ type Forge struct {
 	mu     sync.Mutex // serializes PR mutations and guards pulls
 	pulls  *pullStore
 	faults faultQueue
+
+	apps     appRegistry
+	tokenTTL time.Duration
+	journal  journal
 }
 
 // New validates cfg, creates the data directories and loads the stored
@@ -122,6 +140,13 @@ func New(cfg Config) (*Forge, error) {
 		log:   cfg.Logger,
 		rate:  rateWindow{limit: cfg.RateLimit},
 		pulls: pulls,
+
+		tokenTTL: cfg.InstallationTokenTTL,
+	}
+	for _, app := range cfg.Apps {
+		if err := f.RegisterApp(app); err != nil {
+			return nil, err
+		}
 	}
 	f.SetBaseURL(cfg.BaseURL)
 	// Git clients send some username with the token as password; which
@@ -133,8 +158,9 @@ func New(cfg Config) (*Forge, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/git/", http.StripPrefix("/git", git))
-	mux.Handle("/api/", f.api(f.apiRoutes()))
+	mux.Handle("/git/", f.record(http.StripPrefix("/git", git)))
+	mux.Handle("/api/", f.record(f.api(f.apiRoutes())))
+	mux.Handle("/_admin/", f.admin())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -155,7 +181,8 @@ func (f *Forge) SetBaseURL(u string) {
 }
 
 // Handler returns the HTTP handler: /git/<owner>/<repo>.git/... (smart
-// HTTP), /api/v3/... (GitHub REST subset), /healthz, and the HTML page at /.
+// HTTP), /api/v3/... (GitHub REST subset), /_admin/... (faults and the
+// request journal, for tests), /healthz, and the HTML page at /.
 func (f *Forge) Handler() http.Handler { return f.handler }
 
 // base returns the configured base URL, or one derived from r when unset.
@@ -170,10 +197,15 @@ func (f *Forge) base(r *http.Request) string {
 	return scheme + "://" + r.Host
 }
 
-// validToken compares in constant time so the token cannot be guessed
-// byte by byte from response timing.
+// validToken accepts the forge token and unexpired installation tokens.
 func (f *Forge) validToken(s string) bool {
-	return subtle.ConstantTimeCompare([]byte(s), f.token) == 1
+	return f.isForgeToken(s) || f.validInstallationToken(s, time.Now())
+}
+
+// isForgeToken compares in constant time so the token cannot be guessed
+// byte by byte from response timing.
+func (f *Forge) isForgeToken(s string) bool {
+	return s != "" && subtle.ConstantTimeCompare([]byte(s), f.token) == 1
 }
 
 // api wraps the REST routes with what GitHub does around every request:
@@ -184,7 +216,22 @@ func (f *Forge) api(next http.Handler) http.Handler {
 		h.Set("Content-Type", "application/json; charset=utf-8")
 		h.Set("X-GitHub-Request-Id", requestID())
 		h.Set("X-GitHub-Media-Type", "github.v3; format=json")
-		if !f.authorized(r) {
+		// Serves next, or lets a queued fault answer instead.
+		serve := func(next http.Handler) {
+			if st, hit := f.faults.match(r); hit {
+				markFaulted(r)
+				st.serve(w, r, next)
+				return
+			}
+			next.ServeHTTP(w, r)
+		}
+		// Apps authenticate with a JWT, not a token, and GitHub does not
+		// count these calls against a token's rate limit.
+		if id, ok := accessTokenPath(r); ok {
+			f.serveAccessToken(w, r, id, serve)
+			return
+		}
+		if !f.validToken(bearer(r)) {
 			writeError(w, http.StatusUnauthorized, apiError{Message: "Bad credentials"})
 			return
 		}
@@ -201,23 +248,20 @@ func (f *Forge) api(next http.Handler) http.Handler {
 			})
 			return
 		}
-		if flt, hit := f.faults.match(r); hit {
-			flt.serve(w)
-			return
-		}
-		next.ServeHTTP(w, r)
+		serve(next)
 	})
 }
 
-// authorized accepts both schemes go-github and older clients send.
-func (f *Forge) authorized(r *http.Request) bool {
+// bearer returns the credential of the Authorization header, in either
+// scheme go-github and older clients send; "" when there is none.
+func bearer(r *http.Request) string {
 	auth := r.Header.Get("Authorization")
 	for _, scheme := range []string{"Bearer ", "token "} {
 		if len(auth) > len(scheme) && strings.EqualFold(auth[:len(scheme)], scheme) {
-			return f.validToken(auth[len(scheme):])
+			return auth[len(scheme):]
 		}
 	}
-	return false
+	return ""
 }
 
 // requestID looks like GitHub's X-GitHub-Request-Id (five hex groups).

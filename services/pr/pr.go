@@ -1,5 +1,5 @@
 // Package pr is the stage that opens the pull request for a pushed branch,
-// or adopts the one that already exists.
+// or adopts the one that already exists, within the target's guardrails.
 package pr
 
 import (
@@ -8,20 +8,25 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/services/internal/forge"
+	"github.com/leviathan-dev/leviathan/services/internal/policy"
 	"github.com/leviathan-dev/leviathan/services/internal/stage"
 )
 
 // Service handles branch.pushed.
 type Service struct {
-	res    *stage.Resources
-	driver forge.Driver
+	res      *stage.Resources
+	driver   forge.Driver
+	policies policy.Store
 }
 
-// New returns the pr service using driver for every target.
+// New returns the pr service using driver for every target and the
+// policies of the resources' leviathan-config bucket.
 func New(res *stage.Resources, driver forge.Driver) *Service {
-	return &Service{res: res, driver: driver}
+	return &Service{res: res, driver: driver, policies: policy.Store{KV: res.Config}}
 }
 
 // StageConfig is the runner configuration of this stage.
@@ -29,7 +34,23 @@ func StageConfig() stage.Config {
 	return stage.Config{Name: "pr", Input: events.BranchPushed}
 }
 
+// Title is the pull request title of PR Proof v1.
+func Title(req *events.Request) string { return "Leviathan: " + req.Task.Title }
+
+// adoptTask is returned by the guard when another attempt already has an
+// open pull request for the same task on the target: that PR is adopted
+// instead of opening a second one.
+type adoptTask struct{ pr forge.PullRequest }
+
+func (a *adoptTask) Error() string { return fmt.Sprintf("task already proposed in #%d", a.pr.Number) }
+
 // Handle opens or adopts the pull request of one pushed attempt.
+//
+// Order of decisions: a PR for the branch is looked up first and adopted
+// (or, closed by a human, refused); only when a new PR would be created do
+// the guardrails run — kill switch, one open PR per task, max_open_prs —
+// reading the policy afresh, so a change in leviathan-config applies to
+// the next attempt without a restart.
 func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	var pushed events.Pushed
 	if err := in.Event.DecodePayload(&pushed); err != nil {
@@ -40,27 +61,92 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		return stage.Retry(err)
 	}
 	in.Ref = req.Ref
-	title := "Leviathan: " + req.Task.Title
-	pr, reused, err := s.driver.EnsurePR(ctx, forge.PRRequest{
+	// A redelivery after this stage already succeeded (a crash before the
+	// ack) must not decide anew: the PR may have been closed since, and
+	// attempt.failed is not a duplicate JetStream would drop.
+	if done, err := s.succeeded(ctx, req.AttemptID); err != nil {
+		return stage.Retry(err)
+	} else if done {
+		return nil
+	}
+	title := Title(req)
+	guard := func(ctx context.Context) error { return s.guard(ctx, req) }
+	pr, reused, err := forge.EnsurePR(ctx, s.driver, forge.PRRequest{
 		RepoURL: req.Target.RepoURL, Base: req.Target.Branch, Head: pushed.BranchName,
 		Title: title, Body: Body(req, pushed.ChangedPaths), Draft: req.Draft,
-	})
-	if err != nil {
+	}, guard)
+	branch, commit, note := pushed.BranchName, pushed.CommitSHA, ""
+	var adopt *adoptTask
+	switch {
+	case errors.As(err, &adopt):
+		pr, reused = adopt.pr, true
+		branch, commit, title = pr.Head, pr.HeadSHA, pr.Title
+		other := ""
+		if _, attempt, ok := policy.MarkedTask(pr.Body); ok {
+			other = " by attempt " + attempt
+		}
+		note = fmt.Sprintf("task %s already has open pull request #%d (branch %s%s); adopted it instead of opening a second; branch %s was pushed but has no pull request",
+			req.Task.ID, pr.Number, pr.Head, other, pushed.BranchName)
+	case err != nil:
 		return classify(err)
+	case reused:
+		note = fmt.Sprintf("pull request #%d already existed for branch %s; adopted", pr.Number, branch)
 	}
 	if err := in.Publish(ctx, events.PRCreated, events.PROpened{
-		Ref: req.Ref, PRNumber: pr.Number, PRURL: pr.URL, BranchName: pushed.BranchName,
-		CommitSHA: pushed.CommitSHA, Title: title, State: pr.State, Reused: reused, Repo: pr.Repo,
+		Ref: req.Ref, PRNumber: pr.Number, PRURL: pr.URL, BranchName: branch,
+		CommitSHA: commit, Title: title, State: pr.State, Reused: reused, Repo: pr.Repo,
 	}); err != nil {
 		return stage.Retry(err)
 	}
 	return in.Publish(ctx, events.AttemptSucceeded, events.Succeeded{
-		Ref: req.Ref, Status: "succeeded", PRNumber: &pr.Number, PRURL: &pr.URL,
+		Ref: req.Ref, Status: "succeeded", PRNumber: &pr.Number, PRURL: &pr.URL, Note: note,
 	})
 }
 
+// succeeded reports whether attempt.succeeded of the attempt is in the
+// stream already.
+func (s *Service) succeeded(ctx context.Context, attemptID string) (bool, error) {
+	_, err := s.res.Stream.GetLastMsgForSubject(ctx, events.Subject(attemptID, events.AttemptSucceeded))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
+	default:
+		return false, err
+	}
+}
+
+// guard runs the guardrails just before a pull request is created.
+func (s *Service) guard(ctx context.Context, req *events.Request) error {
+	pol, err := s.policies.Get(ctx, req.Target.Name)
+	switch {
+	case errors.Is(err, policy.ErrInvalid):
+		// Fail safe: a broken policy blocks rather than allows.
+		return stage.Fail(events.GuardrailBlocked, err)
+	case err != nil:
+		return stage.Retry(err)
+	}
+	if err := policy.CheckAutonomy(pol, req.Target.Name); err != nil {
+		return stage.Fail(events.GuardrailBlocked, err)
+	}
+	open, err := s.driver.OpenPRs(ctx, req.Target.RepoURL)
+	if err != nil {
+		return classify(err)
+	}
+	if pr, ok := policy.OpenForTask(open, req.Task.ID); ok {
+		return &adoptTask{pr: pr}
+	}
+	if err := policy.CheckCapacity(pol, req.Target.Name, open, events.DefaultBranchPrefix); err != nil {
+		return stage.Fail(events.GuardrailBlocked, err)
+	}
+	return nil
+}
+
 // Body is the pull request description of PR Proof v1: task id, attempt
-// id, scope, priority, acceptance criteria and the changed files.
+// id, scope, priority, acceptance criteria and the changed files; then the
+// hidden marker (policy.Marker) by which later attempts recognise an open
+// PR for the same task.
 func Body(req *events.Request, changed []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Leviathan proposes a task for this repository's backlog.\n\n")
@@ -81,13 +167,18 @@ func Body(req *events.Request, changed []string) string {
 	for _, p := range changed {
 		fmt.Fprintf(&b, "- `%s`\n", p)
 	}
+	b.WriteString("\n" + policy.Marker(req.Task.ID, req.AttemptID) + "\n")
 	return b.String()
 }
 
-// classify maps forge errors onto the stage runner's retry rules.
+// classify maps forge errors onto the stage runner's retry rules. Errors
+// that are already stage errors (from the guard) pass through.
 func classify(err error) error {
+	var se *stage.Error
 	var re *forge.RetryError
 	switch {
+	case errors.As(err, &se):
+		return err
 	case errors.As(err, &re):
 		return stage.RetryAfter(re.After, err)
 	case errors.Is(err, forge.ErrAuth):

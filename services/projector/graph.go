@@ -1,10 +1,14 @@
 package projector
 
 import (
-	"sort"
+	"encoding/json"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/leviathan-dev/leviathan/events"
 )
@@ -21,25 +25,615 @@ const (
 	EdgeProduced  = "PRODUCED"
 )
 
-// recentLimit is how many events the summary lists.
-const recentLimit = 20
+// summaryEvents is how many events the summary lists; ringSize is how many
+// GET /v1/events/recent can return.
+const (
+	summaryEvents = 20
+	ringSize      = 500
+)
 
-// Node is a vertex of the graph. Ids are unique across targets: a task id
-// includes its target, a commit and a pull request their repository.
-type Node struct {
-	ID    string            `json:"id"`
-	Type  string            `json:"type"`
-	Props map[string]string `json:"props,omitempty"`
+// Graph is the projection of the event stream: targets, tasks, attempts,
+// commits and pull requests, and the edges between them (DESIGN.md §8).
+//
+// Applying the same events in the same order gives the same graph, down to
+// the bytes of its snapshot; an event id seen before changes nothing; an
+// event type the graph does not know is kept in the recent events and the
+// attempt's timeline but makes no node or edge. It is safe for concurrent
+// use: one writer (the projector) and any number of readers (the API).
+//
+// The representation is chosen for memory (the budget is 2 KB an attempt
+// at a million events): node types are plain structs linked by pointers
+// instead of maps of properties, edges are those pointers (so they are
+// unique by construction and counted as they are made), low-cardinality
+// strings (event types, actors, targets, statuses) are interned into
+// 4-byte symbols, and counts are kept as the graph changes so the summary
+// never walks the nodes.
+type Graph struct {
+	mu sync.RWMutex
+
+	syms symbols
+
+	targets []*target // creation order, as every slice below
+	tasks   []*task
+	commits []*commit
+	pulls   []*pull
+	records []*attempt // every attempt id seen, node or not
+	nodes   []*attempt // the attempt records that are Attempt nodes
+	failed  []*failure
+
+	byTarget  map[sym]*target
+	byTask    map[taskKey]*task
+	byCommit  map[commitKey]*commit
+	byPull    map[pullKey]*pull
+	byAttempt map[string]*attempt
+
+	dependsOn, produced int
+
+	// seen holds every event id applied: UUIDs (all of Leviathan's and the
+	// Python worker's) as 16 bytes, anything else as a string.
+	seen      map[uuid.UUID]struct{}
+	seenOther map[string]struct{}
+
+	ring     [ringSize]recentEvent
+	ringNext int // index of the next write
+	ringLen  int
+
+	applied uint64 // events applied (not counting duplicates)
+	seq     uint64 // stream sequence of the last message applied
+
+	// summary caches the JSON of the summary for the state at summaryAt.
+	summary   []byte
+	summaryAt uint64
 }
 
-// Edge is a directed edge of the graph.
-type Edge struct {
-	Type string `json:"type"`
-	From string `json:"from"`
-	To   string `json:"to"`
+// sym is an interned string; 0 is "".
+type sym uint32
+
+// symbols interns strings. Only low-cardinality values are interned.
+type symbols struct {
+	ids  map[string]sym
+	strs []string
 }
 
-// RecentEvent is one line of the summary's recent_events.
+func (s *symbols) intern(b []byte) sym {
+	if len(b) == 0 {
+		return 0
+	}
+	if id, ok := s.ids[string(b)]; ok {
+		return id
+	}
+	return s.add(string(b))
+}
+
+func (s *symbols) add(str string) sym {
+	id := sym(len(s.strs))
+	s.strs = append(s.strs, str)
+	s.ids[str] = id
+	return id
+}
+
+func (s *symbols) str(id sym) string { return s.strs[id] }
+
+type target struct {
+	idx      int32 // position in Graph.targets, as idx in each type below
+	name     sym
+	repoURL  string
+	attempts []*attempt // Attempt nodes of this target, in order
+}
+
+type task struct {
+	idx    int32
+	target *target // nil when the events never named one
+	id     string
+	title  string
+}
+
+type taskKey struct {
+	target sym
+	id     string
+}
+
+type commit struct {
+	idx    int32
+	target *target
+	sha    string
+	branch string
+}
+
+type commitKey struct {
+	target sym
+	sha    string
+}
+
+// pull is a pull request. Its repository is host/owner/name when the URL
+// says so, which makes its id unique across forges and targets.
+type pull struct {
+	idx    int32
+	repo   sym
+	number int64
+	url    string // empty when it is https://<repo>/pull/<number>
+	title  string
+	state  sym
+}
+
+type pullKey struct {
+	repo   sym
+	number int64
+}
+
+// attempt is what the graph knows of one attempt id. It becomes an Attempt
+// node with the first event that says the attempt exists (attempt.created
+// or any later stage); a request that was rejected, or not yet picked up,
+// is a record without a node.
+type attempt struct {
+	idx     int32
+	id      string
+	target  *target
+	task    *task
+	status  sym
+	node    bool
+	created int64 // timestamp of its first and last event
+	updated int64
+	// title is the task title from the request, kept until the task node
+	// exists to take it.
+	title   string
+	reason  string // why it was invalidated
+	steps   []step
+	commits []*commit
+	pulls   []*pull
+	failure *failure // the latest
+}
+
+// step is one event of an attempt's timeline; the event itself stays in
+// the stream, at seq.
+type step struct {
+	seq   uint64
+	ts    int64
+	typ   sym
+	actor sym
+}
+
+// failure is an attempt.failed or attempt.rejected event.
+type failure struct {
+	attempt *attempt
+	seq     uint64
+	ts      int64
+	typ     sym // attempt.failed or attempt.rejected
+	stage   sym
+	kind    sym // failure_type
+	summary string
+}
+
+type recentEvent struct {
+	// id is the event id: uid when it is a canonical UUID (no string to
+	// allocate for every event applied), else str.
+	uid     uuid.UUID
+	str     string
+	isUUID  bool
+	ts      int64
+	typ     sym
+	actor   sym
+	target  sym
+	attempt string
+}
+
+// NewGraph returns an empty graph.
+func NewGraph() *Graph {
+	g := &Graph{
+		syms:     symbols{ids: map[string]sym{}, strs: []string{""}},
+		byTarget: map[sym]*target{}, byTask: map[taskKey]*task{}, byCommit: map[commitKey]*commit{},
+		byPull: map[pullKey]*pull{}, byAttempt: map[string]*attempt{},
+		seen: map[uuid.UUID]struct{}{}, seenOther: map[string]struct{}{},
+	}
+	g.syms.ids[""] = 0
+	return g
+}
+
+// Apply projects one event envelope. It reports whether the event was new.
+func (g *Graph) Apply(env events.Envelope) bool {
+	data, err := env.Marshal()
+	if err != nil {
+		return false
+	}
+	var r record
+	if ok, err := decodeEnvelope(data, &r); !ok || err != nil {
+		return false
+	}
+	return g.apply(&r)
+}
+
+// Seq is the stream sequence of the last message applied.
+func (g *Graph) Seq() uint64 {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.seq
+}
+
+// applyAll projects decoded messages in order under one lock; messages
+// that were not events only advance the sequence. It returns how many
+// events were new and how many duplicates.
+func (g *Graph) applyAll(items []item) (applied, duplicates int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i := range items {
+		it := &items[i]
+		switch {
+		case it.err != nil:
+			g.seq = max(g.seq, it.rec.seq)
+		case g.applyLocked(&it.rec):
+			applied++
+		default:
+			duplicates++
+		}
+	}
+	return applied, duplicates
+}
+
+// apply projects one decoded event; it reports whether the event was new.
+func (g *Graph) apply(r *record) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.applyLocked(r)
+}
+
+func (g *Graph) applyLocked(r *record) bool {
+	if r.seq > g.seq {
+		g.seq = r.seq
+	}
+	if g.duplicate(r.id) {
+		return false
+	}
+	g.applied++
+	typ := g.syms.intern(r.typ)
+	actor := g.syms.intern(r.actor)
+	tgt := g.syms.intern(r.target)
+
+	var a *attempt
+	if len(r.attempt) > 0 {
+		a = g.byAttempt[string(r.attempt)]
+		if a == nil {
+			// Eight steps is a whole successful attempt: one allocation.
+			a = &attempt{idx: int32(len(g.records)), id: string(r.attempt), created: r.ts, steps: make([]step, 0, 8)}
+			g.byAttempt[a.id] = a
+			g.records = append(g.records, a)
+		}
+	}
+	e := recentEvent{ts: r.ts, typ: typ, actor: actor, target: tgt}
+	if u, ok := parseUUID(r.id); ok {
+		e.uid, e.isUUID = u, true
+	} else {
+		e.str = string(r.id)
+	}
+	g.ring[g.ringNext] = e
+	if a != nil {
+		g.ring[g.ringNext].attempt = a.id
+	}
+	g.ringNext = (g.ringNext + 1) % ringSize
+	g.ringLen = min(g.ringLen+1, ringSize)
+	if a == nil {
+		return true
+	}
+	a.steps = append(a.steps, step{seq: r.seq, ts: r.ts, typ: typ, actor: actor})
+	a.updated = r.ts
+	if a.created == 0 {
+		a.created = r.ts
+	}
+	g.project(a, events.Type(r.typ), tgt, typ, r)
+	return true
+}
+
+// duplicate reports whether id was applied before, and remembers it.
+// Events without an id (bare requests get one from their sequence) are
+// never duplicates.
+func (g *Graph) duplicate(id []byte) bool {
+	if len(id) == 0 {
+		return false
+	}
+	if u, ok := parseUUID(id); ok {
+		if _, ok := g.seen[u]; ok {
+			return true
+		}
+		g.seen[u] = struct{}{}
+		return false
+	}
+	if _, ok := g.seenOther[string(id)]; ok {
+		return true
+	}
+	g.seenOther[string(id)] = struct{}{}
+	return false
+}
+
+// parseUUID parses a UUID in its canonical form (36 characters, lower-case
+// hex), the only form stored as 16 bytes: another spelling of the same
+// UUID is a different event id, kept as a string.
+func parseUUID(id []byte) (uuid.UUID, bool) {
+	var u uuid.UUID
+	if len(id) != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' {
+		return u, false
+	}
+	j := 0
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i--
+			continue
+		}
+		hi, ok1 := lowerHex(id[i])
+		lo, ok2 := lowerHex(id[i+1])
+		if !ok1 || !ok2 {
+			return u, false
+		}
+		u[j] = hi<<4 | lo
+		j++
+	}
+	return u, true
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// reserve sizes the graph's maps for about n more events, so a replay
+// does not spend its time growing them.
+func (g *Graph) reserve(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.seen) > 0 || n <= 0 {
+		return
+	}
+	g.seen = make(map[uuid.UUID]struct{}, n)
+	g.byAttempt = make(map[string]*attempt, n/6)
+}
+
+// project updates nodes and edges for the attempt's new event.
+func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
+	switch t {
+	case events.AttemptRequested:
+		if len(r.title) > 0 {
+			a.title = string(r.title)
+		}
+		if tg := g.byTarget[tgt]; tg != nil && tg.repoURL == "" {
+			tg.repoURL = string(r.repoURL)
+		}
+		return
+	case events.AttemptRejected:
+		summary := string(r.reason)
+		if len(r.field) > 0 {
+			summary = string(r.field) + ": " + summary
+		}
+		a.status = g.syms.of("rejected")
+		g.fail(a, r, typ, g.syms.of("clone"), g.syms.of(string(events.InvalidRequest)), summary)
+		return
+	case events.AttemptCreated, events.AttemptStarted, events.RepoFetched, events.BacklogEdited,
+		events.BacklogUnchanged, events.BranchPushed, events.PRCreated, events.AttemptSucceeded,
+		events.AttemptFailed, events.AttemptInvalidated:
+	default:
+		return // stored, not projected
+	}
+	g.materialize(a, tgt, r)
+	switch t {
+	case events.AttemptCreated:
+		if a.status == 0 {
+			a.status = g.syms.of("created")
+		}
+		if a.target != nil && a.target.repoURL == "" {
+			a.target.repoURL = string(r.repoURL)
+		}
+	case events.AttemptStarted:
+		a.status = g.syms.of("running")
+	case events.BranchPushed:
+		g.linkCommit(a, r.commit, r.branchName)
+	case events.PRCreated:
+		g.linkCommit(a, r.commit, r.branchName)
+		g.linkPull(a, r)
+	case events.AttemptSucceeded:
+		a.status = g.syms.of("succeeded")
+		g.linkPull(a, r)
+	case events.AttemptFailed:
+		a.status = g.syms.of("failed")
+		g.fail(a, r, typ, g.syms.intern(r.stage), g.syms.intern(r.failureType), string(r.summary))
+	case events.AttemptInvalidated:
+		a.status = g.syms.of("invalidated")
+		a.reason = string(r.reason)
+	}
+}
+
+// of interns a constant.
+func (s *symbols) of(str string) sym {
+	if id, ok := s.ids[str]; ok {
+		return id
+	}
+	return s.add(str)
+}
+
+// materialize makes the attempt a node and links it to its target and
+// task as soon as the events name them.
+func (g *Graph) materialize(a *attempt, tgt sym, r *record) {
+	if !a.node {
+		a.node = true
+		g.nodes = append(g.nodes, a)
+	}
+	if a.target == nil && tgt != 0 {
+		a.target = g.targetNode(tgt)
+		a.target.attempts = append(a.target.attempts, a)
+	}
+	if a.task == nil && len(r.task) > 0 {
+		var tg sym
+		if a.target != nil {
+			tg = a.target.name
+		}
+		k := taskKey{target: tg, id: string(r.task)}
+		tk := g.byTask[k]
+		if tk == nil {
+			tk = &task{idx: int32(len(g.tasks)), target: a.target, id: k.id}
+			g.byTask[k] = tk
+			g.tasks = append(g.tasks, tk)
+			if tk.target != nil {
+				g.dependsOn++ // task → target
+			}
+		}
+		a.task = tk
+		g.dependsOn++ // attempt → task
+	}
+	if a.task != nil && a.task.title == "" {
+		switch {
+		case len(r.title) > 0:
+			a.task.title = string(r.title)
+		case a.title != "":
+			a.task.title = a.title
+		}
+	}
+	if a.task != nil {
+		a.title = ""
+	}
+}
+
+func (g *Graph) targetNode(name sym) *target {
+	t := g.byTarget[name]
+	if t == nil {
+		t = &target{idx: int32(len(g.targets)), name: name}
+		g.byTarget[name] = t
+		g.targets = append(g.targets, t)
+	}
+	return t
+}
+
+func (g *Graph) linkCommit(a *attempt, sha, branch []byte) {
+	if len(sha) == 0 {
+		return
+	}
+	var tg sym
+	if a.target != nil {
+		tg = a.target.name
+	}
+	k := commitKey{target: tg, sha: string(sha)}
+	c := g.byCommit[k]
+	if c == nil {
+		c = &commit{idx: int32(len(g.commits)), target: a.target, sha: k.sha, branch: string(branch)}
+		g.byCommit[k] = c
+		g.commits = append(g.commits, c)
+	} else if c.branch == "" {
+		c.branch = string(branch)
+	}
+	for _, have := range a.commits {
+		if have == c {
+			return
+		}
+	}
+	a.commits = append(a.commits, c)
+	g.produced++
+}
+
+// linkPull makes (or finds) the pull request an event names and links the
+// attempt to it. pr.created makes the node even when branch.pushed never
+// came (the Python worker never sent it), and so does attempt.succeeded
+// with a pr_url, so a PR is never lost to a missing event.
+func (g *Graph) linkPull(a *attempt, r *record) {
+	repo, number, derived := pullIdentity(r)
+	if repo == "" {
+		return
+	}
+	k := pullKey{repo: g.syms.of(repo), number: number}
+	p := g.byPull[k]
+	if p == nil {
+		p = &pull{idx: int32(len(g.pulls)), repo: k.repo, number: number}
+		if string(r.prURL) != derived {
+			p.url = string(r.prURL)
+		}
+		g.byPull[k] = p
+		g.pulls = append(g.pulls, p)
+	}
+	if p.title == "" && len(r.prTitle) > 0 && events.Type(r.typ) == events.PRCreated {
+		p.title = string(r.prTitle)
+	}
+	if len(r.prState) > 0 {
+		p.state = g.syms.intern(r.prState)
+	}
+	for _, have := range a.pulls {
+		if have == p {
+			return
+		}
+	}
+	a.pulls = append(a.pulls, p)
+	g.produced++
+}
+
+// pullIdentity is the repository and number of the pull request an event
+// names, and the URL that repository and number imply. The repository is
+// host/owner/name from pr_url (https://host/owner/name/pull/N), else the
+// payload's repo, else the target; it is "" when the event names no PR.
+func pullIdentity(r *record) (repo string, number int64, derived string) {
+	number = r.prNumber
+	if len(r.prURL) > 0 {
+		if u, err := url.Parse(string(r.prURL)); err == nil && u.Host != "" {
+			parts := strings.Split(strings.Trim(u.Path, "/"), "/")
+			if n := len(parts); n >= 4 && (parts[n-2] == "pull" || parts[n-2] == "pulls") {
+				if number == 0 {
+					number, _ = strconv.ParseInt(parts[n-1], 10, 64)
+				}
+				repo = u.Host + "/" + strings.Join(parts[:n-2], "/")
+			}
+		}
+	}
+	if number == 0 {
+		return "", 0, ""
+	}
+	if repo == "" {
+		switch {
+		case len(r.repo) > 0:
+			repo = string(r.repo)
+		case len(r.target) > 0:
+			repo = string(r.target)
+		default:
+			return "", 0, ""
+		}
+	}
+	return repo, number, "https://" + repo + "/pull/" + strconv.FormatInt(number, 10)
+}
+
+func (g *Graph) fail(a *attempt, r *record, typ, stage, kind sym, summary string) {
+	f := &failure{attempt: a, seq: r.seq, ts: r.ts, typ: typ, stage: stage, kind: kind, summary: summary}
+	g.failed = append(g.failed, f)
+	a.failure = f
+}
+
+// Node ids. They are unique across targets: a task and a commit include
+// their target, a pull request its repository (host/owner/name).
+func targetNodeID(name string) string { return "target:" + name }
+
+func (g *Graph) taskNodeID(t *task) string { return "task:" + g.targetName(t.target) + "/" + t.id }
+
+func attemptNodeID(id string) string { return "attempt:" + id }
+
+func (g *Graph) commitNodeID(c *commit) string {
+	return "commit:" + g.targetName(c.target) + "/" + c.sha
+}
+
+func (g *Graph) pullNodeID(p *pull) string {
+	return "pr:" + g.syms.str(p.repo) + "#" + strconv.FormatInt(p.number, 10)
+}
+
+func (g *Graph) pullURL(p *pull) string {
+	if p.url != "" {
+		return p.url
+	}
+	return "https://" + g.syms.str(p.repo) + "/pull/" + strconv.FormatInt(p.number, 10)
+}
+
+func (g *Graph) targetName(t *target) string {
+	if t == nil {
+		return ""
+	}
+	return g.syms.str(t.name)
+}
+
+// RecentEvent is one line of the summary's recent_events and of
+// GET /v1/events/recent.
 type RecentEvent struct {
 	EventID   string    `json:"event_id"`
 	Timestamp time.Time `json:"timestamp"`
@@ -56,177 +650,105 @@ type Summary struct {
 	RecentEvents []RecentEvent  `json:"recent_events"`
 }
 
-// Graph is the projection of the event stream. Applying the same events
-// gives the same graph; an event id seen before changes nothing. It is safe
-// for concurrent use.
-type Graph struct {
-	mu     sync.RWMutex
-	nodes  map[string]*Node
-	edges  map[Edge]struct{}
-	seen   map[string]struct{}
-	recent []RecentEvent // ring of the last recentLimit events, oldest first
-	// titles remembers task titles from requests until attempt.created
-	// makes the task node (a rejected request makes no node).
-	titles map[string]string
-}
-
-// NewGraph returns an empty graph.
-func NewGraph() *Graph {
-	return &Graph{
-		nodes: map[string]*Node{}, edges: map[Edge]struct{}{},
-		seen: map[string]struct{}{}, titles: map[string]string{},
-	}
-}
-
-// Node ids.
-func targetID(target string) string          { return "target:" + target }
-func taskID(target, task string) string      { return "task:" + target + "/" + task }
-func attemptID(attempt string) string        { return "attempt:" + attempt }
-func commitID(target, sha string) string     { return "commit:" + target + "/" + sha }
-func prID(repo string, number string) string { return "pr:" + repo + "#" + number }
-
-// Apply projects one event. It reports whether the event was new.
-func (g *Graph) Apply(env events.Envelope) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if env.EventID != "" {
-		if _, dup := g.seen[env.EventID]; dup {
-			return false
-		}
-		g.seen[env.EventID] = struct{}{}
-	}
-	g.project(env)
-	g.recent = append(g.recent, RecentEvent{
-		EventID: env.EventID, Timestamp: env.Timestamp, EventType: string(env.EventType),
-		ActorID: env.ActorID, Target: env.TargetID, AttemptID: env.AttemptID,
-	})
-	if len(g.recent) > recentLimit {
-		g.recent = g.recent[len(g.recent)-recentLimit:]
-	}
-	return true
-}
-
-// project updates nodes and edges; unknown event types are only recorded
-// in recent events.
-func (g *Graph) project(env events.Envelope) {
-	var ref events.Ref
-	_ = env.DecodePayload(&ref)
-	target := env.TargetID
-	if target == "" {
-		target = ref.TargetID
-	}
-	switch env.EventType {
-	case events.AttemptRequested:
-		var req events.Request
-		if env.DecodePayload(&req) == nil && req.Task.Title != "" {
-			g.titles[env.AttemptID] = req.Task.Title
-		}
-	case events.AttemptCreated:
-		var p events.Created
-		_ = env.DecodePayload(&p)
-		t := g.node(targetID(target), NodeTarget)
-		t.Props["name"] = target
-		t.Props["repo_url"] = p.RepoURL
-		task := g.node(taskID(target, p.TaskID), NodeTask)
-		task.Props["task_id"] = p.TaskID
-		if title := firstNonEmpty(p.TaskTitle, g.titles[env.AttemptID]); title != "" {
-			task.Props["title"] = title
-		}
-		delete(g.titles, env.AttemptID)
-		a := g.node(attemptID(env.AttemptID), NodeAttempt)
-		a.Props["status"] = p.Status
-		a.Props["target"] = target
-		a.Props["task_id"] = p.TaskID
-		g.edge(EdgeDependsOn, task.ID, t.ID)
-		g.edge(EdgeDependsOn, a.ID, task.ID)
-	case events.AttemptStarted:
-		g.setStatus(env.AttemptID, "running")
-	case events.BranchPushed:
-		var p events.Pushed
-		_ = env.DecodePayload(&p)
-		c := g.node(commitID(target, p.CommitSHA), NodeCommit)
-		c.Props["sha"] = p.CommitSHA
-		c.Props["branch"] = p.BranchName
-		g.edge(EdgeProduced, attemptID(env.AttemptID), c.ID)
-	case events.PRCreated:
-		var p events.PROpened
-		_ = env.DecodePayload(&p)
-		repo := firstNonEmpty(p.Repo, target)
-		n := g.node(prID(repo, strconv.Itoa(p.PRNumber)), NodePullRequest)
-		n.Props["url"] = p.PRURL
-		n.Props["state"] = p.State
-		n.Props["title"] = p.Title
-		g.edge(EdgeProduced, attemptID(env.AttemptID), n.ID)
-	case events.AttemptSucceeded:
-		g.setStatus(env.AttemptID, "succeeded")
-	case events.AttemptFailed:
-		g.setStatus(env.AttemptID, "failed")
-	case events.AttemptInvalidated:
-		g.setStatus(env.AttemptID, "invalidated")
-	}
-}
-
-func (g *Graph) node(id, typ string) *Node {
-	n, ok := g.nodes[id]
-	if !ok {
-		n = &Node{ID: id, Type: typ, Props: map[string]string{}}
-		g.nodes[id] = n
-	}
-	return n
-}
-
-func (g *Graph) edge(typ, from, to string) {
-	// An edge from a node no event created yet would dangle; make the node.
-	g.edges[Edge{Type: typ, From: from, To: to}] = struct{}{}
-}
-
-func (g *Graph) setStatus(attempt, status string) {
-	if n, ok := g.nodes[attemptID(attempt)]; ok {
-		n.Props["status"] = status
-	}
-}
-
-// Summary counts nodes and edges by type (types with a count > 0 only)
-// and lists the newest events first.
+// Summary counts nodes and edges by type (types with a count above zero
+// only) and lists the newest events first. It costs the same for ten
+// events as for ten million: the counts are kept as events are applied.
 func (g *Graph) Summary() Summary {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
+	return g.summaryLocked()
+}
+
+func (g *Graph) summaryLocked() Summary {
 	s := Summary{NodesByType: map[string]int{}, EdgesByType: map[string]int{}}
-	for _, n := range g.nodes {
-		s.NodesByType[n.Type]++
+	for typ, n := range map[string]int{
+		NodeTarget: len(g.targets), NodeTask: len(g.tasks), NodeAttempt: len(g.nodes),
+		NodeCommit: len(g.commits), NodePullRequest: len(g.pulls),
+	} {
+		if n > 0 {
+			s.NodesByType[typ] = n
+		}
 	}
-	for e := range g.edges {
-		s.EdgesByType[e.Type]++
+	if g.dependsOn > 0 {
+		s.EdgesByType[EdgeDependsOn] = g.dependsOn
 	}
-	s.RecentEvents = make([]RecentEvent, 0, len(g.recent))
-	for i := len(g.recent) - 1; i >= 0; i-- {
-		s.RecentEvents = append(s.RecentEvents, g.recent[i])
+	if g.produced > 0 {
+		s.EdgesByType[EdgeProduced] = g.produced
 	}
+	s.RecentEvents = g.recentLocked(summaryEvents)
 	return s
 }
 
-// Nodes returns the nodes of a type, sorted by id.
-func (g *Graph) Nodes(typ string) []Node {
+// SummaryJSON is the summary encoded as JSON, cached until the next event.
+func (g *Graph) SummaryJSON() []byte {
+	g.mu.RLock()
+	if g.summary != nil && g.summaryAt == g.applied {
+		b := g.summary
+		g.mu.RUnlock()
+		return b
+	}
+	b, _ := json.Marshal(g.summaryLocked())
+	at := g.applied
+	g.mu.RUnlock()
+	b = append(b, '\n')
+	g.mu.Lock()
+	if g.applied == at {
+		g.summary, g.summaryAt = b, at
+	}
+	g.mu.Unlock()
+	return b
+}
+
+// RecentEvents returns up to limit events, newest first.
+func (g *Graph) RecentEvents(limit int) []RecentEvent {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	var out []Node
-	for _, n := range g.nodes {
-		if n.Type == typ {
-			c := *n
-			c.Props = make(map[string]string, len(n.Props))
-			for k, v := range n.Props {
-				c.Props[k] = v
-			}
-			out = append(out, c)
-		}
+	return g.recentLocked(limit)
+}
+
+func (g *Graph) recentLocked(limit int) []RecentEvent {
+	n := min(limit, g.ringLen)
+	out := make([]RecentEvent, 0, n)
+	for i := 1; i <= n; i++ {
+		e := g.ring[(g.ringNext-i+ringSize)%ringSize]
+		out = append(out, RecentEvent{
+			EventID: e.eventID(), Timestamp: nanoTime(e.ts), EventType: g.syms.str(e.typ),
+			ActorID: g.syms.str(e.actor), Target: g.syms.str(e.target), AttemptID: e.attempt,
+		})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
 
-func firstNonEmpty(a, b string) string {
-	if a != "" {
-		return a
+func (e *recentEvent) eventID() string {
+	if e.isUUID {
+		return e.uid.String()
 	}
-	return b
+	return e.str
+}
+
+// nanoTime is the UTC time of unix nanoseconds; the zero time for 0.
+func nanoTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+// Counts are the graph's sizes, for metrics and the page.
+type Counts struct {
+	Targets, Tasks, Attempts, Commits, PullRequests int
+	Records, Failures                               int
+	DependsOn, Produced                             int
+	Applied                                         uint64
+}
+
+// Counts returns the graph's sizes.
+func (g *Graph) Counts() Counts {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return Counts{
+		Targets: len(g.targets), Tasks: len(g.tasks), Attempts: len(g.nodes), Commits: len(g.commits),
+		PullRequests: len(g.pulls), Records: len(g.records), Failures: len(g.failed),
+		DependsOn: g.dependsOn, Produced: g.produced, Applied: g.applied,
+	}
 }

@@ -1,127 +1,292 @@
 package projector
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/services/projector/internal/eventgen"
 )
 
-// flow is the events of one successful attempt.
-func flow(attempt, target, task, sha string, pr int) []events.Envelope {
-	ref := events.Ref{AttemptID: attempt, TaskID: task, TargetID: target}
-	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	mk := func(t events.Type, p any) events.Envelope {
-		at = at.Add(time.Second)
-		env, _ := events.New(t, "test", ref, p, at)
-		return env
-	}
-	url := fmt.Sprintf("https://forge/%s/pull/%d", target, pr)
-	return []events.Envelope{
-		mk(events.AttemptRequested, events.Request{Ref: ref, Task: events.Task{ID: task, Title: "Title " + task}}),
-		mk(events.AttemptCreated, events.Created{Ref: ref, Status: "created"}),
-		mk(events.AttemptStarted, events.Started{Ref: ref, Status: "running"}),
-		mk(events.BranchPushed, events.Pushed{Ref: ref, CommitSHA: sha, BranchName: "b"}),
-		mk(events.PRCreated, events.PROpened{Ref: ref, PRNumber: pr, PRURL: url, Repo: "o/" + target}),
-		mk(events.AttemptSucceeded, events.Succeeded{Ref: ref, Status: "succeeded", PRNumber: &pr, PRURL: &url}),
+func applyAll(t *testing.T, g *Graph, envs []events.Envelope) {
+	t.Helper()
+	for _, e := range envs {
+		if !g.Apply(e) {
+			t.Fatalf("new event %s %s reported as duplicate", e.AttemptID, e.EventType)
+		}
 	}
 }
 
-func TestGraphCountsAndDuplicates(t *testing.T) {
+func summaryOf(g *Graph) string {
+	s := g.Summary()
+	return fmt.Sprint(s.NodesByType, s.EdgesByType)
+}
+
+// happy is the graph of one successful attempt.
+const happy = "map[Attempt:1 Commit:1 PullRequest:1 Target:1 Task:1] map[DEPENDS_ON:2 PRODUCED:2]"
+
+func TestOneAttempt(t *testing.T) {
 	g := NewGraph()
-	evs := append(flow("a-1", "alpha", "T-1", "c1", 1), flow("a-2", "beta", "T-1", "c1", 1)...)
-	for _, e := range evs {
-		if !g.Apply(e) {
-			t.Fatalf("new event %s reported as duplicate", e.EventType)
-		}
+	applyAll(t, g, eventgen.Attempt(7, eventgen.Succeeded))
+	if got := summaryOf(g); got != happy {
+		t.Fatalf("summary %s, want %s", got, happy)
 	}
+	d, ok := g.Attempt("a-0000007")
+	if !ok || d.Node == nil {
+		t.Fatal("no attempt node")
+	}
+	p := d.Node.Properties
+	if d.Node.NodeID != "attempt:a-0000007" || p["status"] != "succeeded" || p["target"] != "atlas" || p["task_id"] != "T-2" ||
+		*p["pr_url"].(*string) != "https://github.com/leviathan-dev/atlas/pull/8" {
+		t.Fatalf("attempt node %+v", d.Node)
+	}
+	if len(d.Steps) != 8 || d.Steps[0].EventType != "attempt.requested" || d.Steps[7].EventType != "attempt.succeeded" {
+		t.Fatalf("steps %+v", d.Steps)
+	}
+	if len(d.Artifacts) != 2 || d.Artifacts[0].NodeType != NodeCommit || d.Artifacts[1].NodeID != "pr:github.com/leviathan-dev/atlas#8" {
+		t.Fatalf("artifacts %+v", d.Artifacts)
+	}
+	if it := g.Attempts("", 10)[0]; it.TaskTitle != "Propose backlog entry 2 for the atlas team" || it.CommitSHA == "" {
+		t.Fatalf("attempt item %+v", it)
+	}
+}
+
+func TestDuplicatesAndUnknownTypes(t *testing.T) {
+	g := NewGraph()
+	evs := append(eventgen.Attempt(1, eventgen.Succeeded), eventgen.Attempt(5, eventgen.Succeeded)...)
+	applyAll(t, g, evs)
+	before := summaryOf(g)
 	for _, e := range evs {
 		if g.Apply(e) {
 			t.Fatalf("duplicate %s applied", e.EventType)
 		}
 	}
-	// An unknown type shows in recent events but makes no node.
+	if summaryOf(g) != before {
+		t.Fatal("duplicates changed the graph")
+	}
+	// Attempts 1 and 5 propose different tasks to the same target.
+	if before != "map[Attempt:2 Commit:2 PullRequest:2 Target:1 Task:2] map[DEPENDS_ON:4 PRODUCED:4]" {
+		t.Fatalf("summary %s", before)
+	}
+	// An unknown type is stored (recent events, the attempt's timeline)
+	// but makes no node or edge.
 	unknown := evs[0]
 	unknown.EventID, unknown.EventType = "x-1", "attempt.reviewed"
-	g.Apply(unknown)
-
+	if !g.Apply(unknown) {
+		t.Fatal("unknown type not applied")
+	}
+	if summaryOf(g) != before {
+		t.Fatal("unknown type changed the graph")
+	}
 	s := g.Summary()
-	// Same task id and commit sha on two targets are different nodes.
-	want := map[string]int{"Target": 2, "Task": 2, "Attempt": 2, "Commit": 2, "PullRequest": 2}
-	if fmt.Sprint(s.NodesByType) != fmt.Sprint(want) {
-		t.Fatalf("nodes %v, want %v", s.NodesByType, want)
+	if len(s.RecentEvents) != len(evs)+1 || s.RecentEvents[0].EventType != "attempt.reviewed" || s.RecentEvents[0].AttemptID != "a-0000001" {
+		t.Fatalf("recent %+v", s.RecentEvents[0])
 	}
-	if s.EdgesByType["DEPENDS_ON"] != 4 || s.EdgesByType["PRODUCED"] != 4 {
-		t.Fatalf("edges %v", s.EdgesByType)
-	}
-	if len(s.RecentEvents) != 13 || s.RecentEvents[0].EventType != "attempt.reviewed" || s.RecentEvents[1].AttemptID != "a-2" {
-		t.Fatalf("recent %+v", s.RecentEvents)
-	}
-	if n := g.Nodes(NodeAttempt); n[0].Props["status"] != "succeeded" {
-		t.Fatalf("attempt status %v", n[0].Props)
-	}
-	if n := g.Nodes(NodeTask); n[0].Props["title"] != "Title T-1" {
-		t.Fatalf("task props %v", n[0].Props)
+	if d, _ := g.Attempt("a-0000001"); d.Steps[len(d.Steps)-1].EventType != "attempt.reviewed" {
+		t.Fatal("unknown event not in the timeline")
 	}
 }
 
-func TestGraphIsDeterministic(t *testing.T) {
-	a, b := NewGraph(), NewGraph()
-	for i := 0; i < 30; i++ {
-		for _, e := range flow(fmt.Sprintf("a-%d", i), "t", fmt.Sprintf("T-%d", i%7), fmt.Sprintf("c%d", i), i) {
-			a.Apply(e)
-			b.Apply(e)
+func TestIDsAreUniqueAcrossTargets(t *testing.T) {
+	g := NewGraph()
+	ref := func(target string) events.Ref {
+		return events.Ref{AttemptID: "a-" + target, TaskID: "T-1", TargetID: target}
+	}
+	for _, target := range []string{"alpha", "beta"} {
+		r := ref(target)
+		for _, ev := range []struct {
+			t events.Type
+			p any
+		}{
+			{events.AttemptCreated, events.Created{Ref: r, Status: "created"}},
+			{events.BranchPushed, events.Pushed{Ref: r, CommitSHA: "c0ffee", BranchName: "b"}},
+			// The same PR number in two repositories.
+			{events.PRCreated, events.PROpened{Ref: r, PRNumber: 1, PRURL: "https://forge.example/o/" + target + "/pull/1"}},
+		} {
+			env, _ := events.New(ev.t, "test", r, ev.p, time.Now())
+			g.Apply(env)
 		}
 	}
-	ja, _ := json.Marshal(a.Summary())
-	jb, _ := json.Marshal(b.Summary())
-	if string(ja) != string(jb) {
-		t.Fatal("same events gave different summaries")
+	if got := summaryOf(g); got != "map[Attempt:2 Commit:2 PullRequest:2 Target:2 Task:2] map[DEPENDS_ON:4 PRODUCED:4]" {
+		t.Fatalf("summary %s", got)
 	}
-	if got := len(a.Summary().RecentEvents); got != recentLimit {
-		t.Fatalf("recent events %d, want %d", got, recentLimit)
+	d, _ := g.Attempt("a-beta")
+	if d.Artifacts[0].NodeID != "commit:beta/c0ffee" || d.Artifacts[1].NodeID != "pr:forge.example/o/beta#1" {
+		t.Fatalf("ids %s %s", d.Artifacts[0].NodeID, d.Artifacts[1].NodeID)
 	}
 }
 
-func TestAPIAuth(t *testing.T) {
-	p := &Projector{graph: NewGraph()}
-	p.ready.Store(true)
-	srv := httptest.NewServer(NewAPI(p, "s3cret").Handler())
-	defer srv.Close()
-	cases := []struct {
-		path, auth string
-		status     int
-	}{
-		{"/v1/graph/summary", "", 401},
-		{"/v1/graph/summary", "Bearer wrong", 401},
-		{"/v1/graph/summary", "Basic s3cret", 401},
-		{"/v1/graph/summary", "Bearer s3cret", 200},
-		{"/v1/nothing", "", 401},
-		{"/v1/nothing", "Bearer s3cret", 404},
-		{"/healthz", "", 200},
-		{"/readyz", "", 200},
+// pythonEvents are the four events the Python proof run POSTed, as the
+// ingest API turns them into envelopes: no repo_url, no title, no
+// branch.pushed.
+func pythonEvents(attempt, target string) []events.Envelope {
+	task := "pr-proof-v1-backlog-only"
+	at := time.Date(2026, 1, 28, 12, 0, 0, 0, time.UTC)
+	var out []events.Envelope
+	add := func(typ string, payload map[string]any) {
+		payload["attempt_id"], payload["task_id"], payload["target_id"] = attempt, task, target
+		raw, _ := json.Marshal(payload)
+		at = at.Add(time.Second)
+		out = append(out, events.Envelope{
+			EventID: fmt.Sprintf("00000000-0000-4000-8000-%012d", len(out)+1), EventType: events.Type(typ),
+			Timestamp: at, ActorID: "pr-proof-worker-" + attempt, AttemptID: attempt, TargetID: target, Payload: raw,
+		})
 	}
-	for _, c := range cases {
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+c.path, nil)
-		if c.auth != "" {
-			req.Header.Set("Authorization", c.auth)
+	add("attempt.created", map[string]any{"attempt_number": 1, "status": "created"})
+	add("attempt.started", map[string]any{"status": "running"})
+	add("pr.created", map[string]any{"pr_number": 42, "pr_url": "https://github.com/o/" + target + "/pull/42",
+		"branch_name": "agent/backlog-propose-" + attempt, "commit_sha": "abc123"})
+	add("attempt.succeeded", map[string]any{"status": "succeeded", "pr_number": 42, "pr_url": "https://github.com/o/" + target + "/pull/42"})
+	return out
+}
+
+// TestPythonEventsMakeTheSameGraph: the Python worker's four events give
+// the graph a Go attempt gives, PR node included (the Python control
+// plane lost it: its PR node needed fields the worker never sent).
+func TestPythonEventsMakeTheSameGraph(t *testing.T) {
+	g := NewGraph()
+	applyAll(t, g, pythonEvents("attempt-1", "radix"))
+	if got := summaryOf(g); got != happy {
+		t.Fatalf("summary %s, want %s", got, happy)
+	}
+	d, _ := g.Attempt("attempt-1")
+	if d.Node.Properties["status"] != "succeeded" || len(d.Artifacts) != 2 || d.Artifacts[1].NodeID != "pr:github.com/o/radix#42" {
+		t.Fatalf("attempt %+v %+v", d.Node, d.Artifacts)
+	}
+}
+
+func TestRejectedAndFailedAttempts(t *testing.T) {
+	g := NewGraph()
+	applyAll(t, g, eventgen.Attempt(49, eventgen.Rejected))
+	applyAll(t, g, eventgen.Attempt(45, eventgen.Failed))
+	applyAll(t, g, eventgen.Attempt(48, eventgen.Unchanged))
+	// A rejected request is no node; a failed and an unchanged attempt are.
+	if got := summaryOf(g); got != "map[Attempt:2 Target:2 Task:2] map[DEPENDS_ON:4]" {
+		t.Fatalf("summary %s", got)
+	}
+	f := g.Failures("", 10)
+	if len(f) != 2 || f[0].FailureType != "path_violation" || f[0].Stage != "push" || f[0].Target != "radix" ||
+		f[1].EventType != "attempt.rejected" || f[1].Target != "radix" || f[1].Error == "" {
+		t.Fatalf("failures %+v", f)
+	}
+	if len(g.Failures("demo", 10)) != 0 || len(g.Failures("radix", 1)) != 1 {
+		t.Fatal("failures filter")
+	}
+	if d, ok := g.Attempt("a-0000049"); !ok || d.Node != nil || d.Item.Status != "rejected" {
+		t.Fatalf("rejected attempt %+v", d)
+	}
+}
+
+func TestAttemptsListNewestFirst(t *testing.T) {
+	g := NewGraph()
+	applyAll(t, g, eventgen.Stream(400))
+	all := g.Attempts("", 1000)
+	if len(all) == 0 || all[0].Timestamp.Before(all[len(all)-1].Timestamp) {
+		t.Fatal("not newest first")
+	}
+	demo := g.Attempts("demo", 3)
+	if len(demo) != 3 || demo[0].Target != "demo" || demo[0].AttemptID <= demo[1].AttemptID {
+		t.Fatalf("demo %+v", demo)
+	}
+	if len(g.Attempts("nosuch", 3)) != 0 {
+		t.Fatal("unknown target listed attempts")
+	}
+}
+
+// TestSnapshotResumesExactly: a graph restored from a snapshot is the
+// graph it was taken of (same snapshot bytes), and stays equal to one that
+// never stopped as more events come.
+func TestSnapshotResumesExactly(t *testing.T) {
+	evs := eventgen.Stream(3000)
+	evs = append(evs, pythonEvents("attempt-py", "radix")...)
+	live := NewGraph()
+	applyAll(t, live, evs[:2000])
+	snap, meta := live.MarshalSnapshot(42)
+	restored, meta2, err := UnmarshalSnapshot(snap)
+	if err != nil || meta2 != meta {
+		t.Fatalf("unmarshal: %v %+v %+v", err, meta, meta2)
+	}
+	again, _ := restored.MarshalSnapshot(42)
+	if !bytes.Equal(snap, again) {
+		t.Fatal("restored graph encodes differently")
+	}
+	// Duplicates of events before the snapshot are still duplicates.
+	if restored.Apply(evs[10]) {
+		t.Fatal("restored graph forgot an event id")
+	}
+	applyAll(t, live, evs[2000:])
+	applyAll(t, restored, evs[2000:])
+	a, _ := live.MarshalSnapshot(42)
+	b, _ := restored.MarshalSnapshot(42)
+	if !bytes.Equal(a, b) || !bytes.Equal(live.SummaryJSON(), restored.SummaryJSON()) {
+		t.Fatal("resumed graph differs from the live one")
+	}
+	// And a replay from nothing is the same graph again.
+	replayed := NewGraph()
+	applyAll(t, replayed, evs)
+	c, _ := replayed.MarshalSnapshot(42)
+	if !bytes.Equal(a, c) {
+		t.Fatal("replayed graph differs")
+	}
+}
+
+func TestSnapshotDamageIsAnError(t *testing.T) {
+	g := NewGraph()
+	applyAll(t, g, eventgen.Stream(300))
+	snap, _ := g.MarshalSnapshot(1)
+	for _, n := range []int{0, 5, 9, len(snap) / 3, len(snap) / 2, len(snap) - 1} {
+		if _, _, err := UnmarshalSnapshot(snap[:n]); err == nil {
+			t.Errorf("truncated to %d bytes: accepted", n)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+	}
+	other := append([]byte{}, snap...)
+	other[len(snapshotMagic)] = snapshotVersion + 1
+	if _, _, err := UnmarshalSnapshot(other); err == nil {
+		t.Error("another version accepted")
+	}
+	// Flipped bytes may decode (a string's contents), but never panic.
+	for i := len(snapshotMagic) + 1; i < len(snap); i += 97 {
+		bad := append([]byte{}, snap...)
+		bad[i] ^= 0xa5
+		_, _, _ = UnmarshalSnapshot(bad)
+	}
+}
+
+func FuzzUnmarshalSnapshot(f *testing.F) {
+	g := NewGraph()
+	for _, e := range eventgen.Stream(40) {
+		g.Apply(e)
+	}
+	snap, _ := g.MarshalSnapshot(1)
+	f.Add(snap)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		g, _, err := UnmarshalSnapshot(data)
+		if err == nil {
+			// Whatever decodes must be usable.
+			_ = g.SummaryJSON()
+			_ = g.Attempts("", 5)
+			_ = g.Failures("", 5)
+			_, _ = g.MarshalSnapshot(1)
 		}
-		var body map[string]any
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if resp.StatusCode != c.status || err != nil || resp.Header.Get("Content-Type") != "application/json" {
-			t.Errorf("%s %q: status %d (%v), want %d JSON", c.path, c.auth, resp.StatusCode, err, c.status)
-		}
-		if c.status == 401 && body["detail"] == nil {
-			t.Errorf("%s: 401 without detail: %v", c.path, body)
-		}
+	})
+}
+
+func TestSummaryJSONIsCached(t *testing.T) {
+	g := NewGraph()
+	applyAll(t, g, eventgen.Stream(100))
+	a := g.SummaryJSON()
+	if b := g.SummaryJSON(); &a[0] != &b[0] {
+		t.Fatal("summary not cached")
+	}
+	g.Apply(eventgen.Attempt(1000, eventgen.Succeeded)[0])
+	if c := g.SummaryJSON(); bytes.Equal(a, c) {
+		t.Fatal("cache not invalidated")
+	}
+	var s Summary
+	if err := json.Unmarshal(a, &s); err != nil || len(s.RecentEvents) != summaryEvents {
+		t.Fatalf("summary JSON: %v %s", err, a)
 	}
 }

@@ -4,6 +4,7 @@ package push
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -13,12 +14,15 @@ import (
 
 	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/services/internal/gitx"
+	"github.com/leviathan-dev/leviathan/services/internal/policy"
 	"github.com/leviathan-dev/leviathan/services/internal/stage"
 )
 
 // Config configures the push service.
 type Config struct {
-	// Git holds the credentials for every target repository.
+	// Git holds the credentials for every target repository: Username
+	// and Password, or an HTTPClient that authenticates each request
+	// (forge.GitHTTPClient, for GitHub App installation tokens).
 	Git gitx.Remote
 	// AuthorName and AuthorEmail sign the commits (default
 	// "Leviathan <leviathan@example.com>").
@@ -28,8 +32,9 @@ type Config struct {
 
 // Service handles backlog.edited.
 type Service struct {
-	cfg Config
-	res *stage.Resources
+	cfg      Config
+	res      *stage.Resources
+	policies policy.Store
 }
 
 // New returns the push service.
@@ -43,7 +48,7 @@ func New(res *stage.Resources, cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Service{cfg: cfg, res: res}
+	return &Service{cfg: cfg, res: res, policies: policy.Store{KV: res.Config}}
 }
 
 // StageConfig is the runner configuration of this stage.
@@ -87,6 +92,27 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		return stage.Failf(events.PathViolation, "changed paths %s are outside allowed_paths %s",
 			strings.Join(bad, ", "), strings.Join(req.Task.AllowedPaths, ", "))
 	}
+	// The target's policy, read afresh: a change in leviathan-config
+	// applies to the next push without a restart.
+	pol, err := s.policies.Get(ctx, req.Target.Name)
+	switch {
+	case errors.Is(err, policy.ErrInvalid):
+		return stage.Fail(events.GuardrailBlocked, err) // fail safe
+	case err != nil:
+		return stage.Retry(err)
+	}
+	if bad := pol.PathsOutside(commit.ChangedPaths); len(bad) > 0 {
+		return stage.Failf(events.PathViolation, "changed paths %s are outside the allowed_path_prefixes %s of target %s",
+			strings.Join(bad, ", "), strings.Join(pol.AllowedPathPrefixes, ", "), req.Target.Name)
+	}
+	if req.DryRun {
+		return s.dryRun(ctx, in, req, commit, pol)
+	}
+	// The kill switch stops the attempt before anything reaches the
+	// target repository; the pr stage checks it again before creating.
+	if err := policy.CheckAutonomy(pol, req.Target.Name); err != nil {
+		return stage.Fail(events.GuardrailBlocked, err)
+	}
 	remote := s.cfg.Git
 	remote.URL = req.Target.RepoURL
 	res, err := gitx.Push(ctx, remote, req.BranchName, commit)
@@ -97,6 +123,27 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	return in.Publish(ctx, events.BranchPushed, events.Pushed{
 		Ref: req.Ref, BranchName: req.BranchName, CommitSHA: commit.Hash.String(),
 		ChangedPaths: commit.ChangedPaths, UpToDate: res.UpToDate,
+	})
+}
+
+// dryRun ends a dry run before the push: attempt.succeeded says what
+// would have been pushed and proposed.
+func (s *Service) dryRun(ctx context.Context, in *stage.Input, req *events.Request, commit *gitx.NewCommit, pol policy.Policy) error {
+	note := fmt.Sprintf("dry run: would push branch %s at commit %s (changing %s) and propose it to %s",
+		req.BranchName, commit.Hash, strings.Join(commit.ChangedPaths, ", "), req.Target.Branch)
+	if req.Draft {
+		note += " as a draft"
+	}
+	if err := policy.CheckAutonomy(pol, req.Target.Name); err != nil {
+		note += "; a real run would be blocked: " + err.Error()
+	}
+	return in.Publish(ctx, events.AttemptSucceeded, events.Succeeded{
+		Ref: req.Ref, Status: "succeeded", Note: note,
+		DryRun: &events.DryRunPlan{
+			BranchName: req.BranchName, CommitSHA: commit.Hash.String(), ChangedPaths: commit.ChangedPaths,
+			// The title the pr stage would give it (pr.Title).
+			Base: req.Target.Branch, PRTitle: "Leviathan: " + req.Task.Title, Draft: req.Draft,
+		},
 	})
 }
 

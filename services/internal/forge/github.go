@@ -5,108 +5,229 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/go-github/v60/github"
 )
 
-// GitHubConfig configures the github driver.
+// GitHubConfig configures the github driver. The zero values of the
+// durations are the production defaults.
 type GitHubConfig struct {
-	// Token is a personal access token (or installation token).
+	// Tokens supplies the token: StaticToken for a personal access token,
+	// *AppTokens for a GitHub App installation.
+	Tokens TokenSource
+	// Token is shorthand for Tokens: StaticToken(Token).
 	Token string
 	// BaseURL is the REST API root: empty for api.github.com, else a
 	// GitHub Enterprise or localforge URL such as http://host/api/v3/.
 	BaseURL string
-	// HTTPClient is optional.
+	// HTTPClient's Transport carries the requests; optional.
 	HTTPClient *http.Client
+	// MinInterval is the least time between the end of one mutating call
+	// (POST, PATCH, ...) with this token and the start of the next
+	// (default 1 s). Mutating calls are also never concurrent.
+	MinInterval time.Duration
+	// MaxPaceWait is the longest a call waits in-line for its slot; a
+	// longer wait returns a *RetryError instead (default 5 s).
+	MaxPaceWait time.Duration
+	// RateLimitBackoff is the wait after a 403/429 rate limit that gives
+	// neither Retry-After nor an exhausted X-RateLimit-Remaining (default
+	// 60 s), doubled on each repeat up to 16 times it.
+	RateLimitBackoff time.Duration
+	// RequestTimeout bounds each API call, token minting included
+	// (default 30 s). A call that times out is a *RetryError.
+	RequestTimeout time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
 }
 
-// GitHub is the driver for GitHub, GitHub Enterprise and localforge.
+func (c *GitHubConfig) setDefaults() error {
+	switch {
+	case c.Tokens == nil && c.Token == "":
+		return errors.New("forge: github: a token or a GitHub App is required")
+	case c.Tokens != nil && c.Token != "":
+		return errors.New("forge: github: set Token or Tokens, not both")
+	case c.Tokens == nil:
+		c.Tokens = StaticToken(c.Token)
+	}
+	if c.MinInterval < 0 || c.MaxPaceWait < 0 || c.RateLimitBackoff < 0 || c.RequestTimeout < 0 {
+		return errors.New("forge: github: durations must not be negative")
+	}
+	if c.MinInterval == 0 {
+		c.MinInterval = DefaultMinInterval
+	}
+	if c.MaxPaceWait == 0 {
+		c.MaxPaceWait = DefaultMaxPaceWait
+	}
+	if c.RateLimitBackoff == 0 {
+		c.RateLimitBackoff = DefaultRateLimitBackoff
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 30 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// GitHub is the driver for GitHub, GitHub Enterprise and localforge. It
+// holds one go-github client for its one token source, and that client's
+// limiter: all calls made with the token share one pace and one
+// rate-limit state.
 type GitHub struct {
+	cfg    GitHubConfig
 	client *github.Client
 }
 
 // NewGitHub returns a github driver with one client for its token.
 func NewGitHub(cfg GitHubConfig) (*GitHub, error) {
-	if cfg.Token == "" {
-		return nil, errors.New("forge: github: token is required")
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
 	}
-	c := github.NewClient(cfg.HTTPClient).WithAuthToken(cfg.Token)
+	base := http.DefaultTransport
+	if cfg.HTTPClient != nil && cfg.HTTPClient.Transport != nil {
+		base = cfg.HTTPClient.Transport
+	}
+	lim := newLimiter(&authTransport{ts: cfg.Tokens, base: base}, cfg.Now, cfg.MinInterval, cfg.MaxPaceWait, cfg.RateLimitBackoff)
+	c := github.NewClient(&http.Client{Transport: lim})
 	if cfg.BaseURL != "" {
+		// WithEnterpriseURLs appends api/v3/ unless it is there; a
+		// localforge base already ends in it.
 		base := strings.TrimSuffix(cfg.BaseURL, "/") + "/"
 		var err error
 		if c, err = c.WithEnterpriseURLs(base, base); err != nil {
 			return nil, fmt.Errorf("forge: github: base url: %w", err)
 		}
-		// WithEnterpriseURLs appends api/v3/ unless it is there; a
-		// localforge base already ends in it.
 	}
-	return &GitHub{client: c}, nil
+	return &GitHub{cfg: cfg, client: c}, nil
 }
 
-// EnsurePR implements Driver: list by head (state all), adopt what is
-// there, else create; a 422 "already exists" adopts the PR another try made.
-func (g *GitHub) EnsurePR(ctx context.Context, req PRRequest) (PullRequest, bool, error) {
+// call runs one API call under the request timeout and classifies its
+// error.
+func (g *GitHub) call(ctx context.Context, what string, f func(ctx context.Context) (*github.Response, error)) error {
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := f(cctx)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err() // the caller gave up: not the forge's fault
+	}
+	if cctx.Err() != nil {
+		return &RetryError{Err: fmt.Errorf("%s: no answer within %s", what, g.cfg.RequestTimeout)}
+	}
+	return classify(what, resp, err, g.cfg.Now)
+}
+
+// FindPRs implements Driver: list by head (owner:branch), state all.
+func (g *GitHub) FindPRs(ctx context.Context, repoURL, head string) ([]PullRequest, error) {
+	owner, name, err := RepoPath(repoURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	var out []PullRequest
+	opts := &github.PullRequestListOptions{State: "all", Head: owner + ":" + head, ListOptions: github.ListOptions{PerPage: 100}}
+	for {
+		var prs []*github.PullRequest
+		var resp *github.Response
+		err := g.call(ctx, "list pull requests by head", func(ctx context.Context) (*github.Response, error) {
+			var err error
+			prs, resp, err = g.client.PullRequests.List(ctx, owner, name, opts)
+			return resp, err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, pr := range prs {
+			// GitHub filters by head already; a fork's branch of the same
+			// name would carry another owner in its label.
+			if pr.GetHead().GetRef() == head && strings.EqualFold(pr.GetHead().GetLabel(), owner+":"+head) {
+				out = append(out, convert(pr, owner, name))
+			}
+		}
+		if resp.NextPage == 0 {
+			return out, nil
+		}
+		opts.Page = resp.NextPage
+	}
+}
+
+// OpenPRs implements Driver.
+func (g *GitHub) OpenPRs(ctx context.Context, repoURL string) ([]PullRequest, error) {
+	owner, name, err := RepoPath(repoURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	var out []PullRequest
+	opts := &github.PullRequestListOptions{State: "open", ListOptions: github.ListOptions{PerPage: 100}}
+	for {
+		var prs []*github.PullRequest
+		var resp *github.Response
+		err := g.call(ctx, "list open pull requests", func(ctx context.Context) (*github.Response, error) {
+			var err error
+			prs, resp, err = g.client.PullRequests.List(ctx, owner, name, opts)
+			return resp, err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, pr := range prs {
+			out = append(out, convert(pr, owner, name))
+		}
+		if resp.NextPage == 0 {
+			return out, nil
+		}
+		opts.Page = resp.NextPage
+	}
+}
+
+// CreatePR implements Driver. A 422 "A pull request already exists" (a
+// create whose answer was lost, or another replica that won a race)
+// adopts the existing PR.
+func (g *GitHub) CreatePR(ctx context.Context, req PRRequest) (PullRequest, bool, error) {
 	owner, name, err := RepoPath(req.RepoURL)
 	if err != nil {
 		return PullRequest{}, false, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if pr, ok, err := g.find(ctx, owner, name, req); err != nil || ok {
-		return pr, ok, err
-	}
-	created, resp, err := g.client.PullRequests.Create(ctx, owner, name, &github.NewPullRequest{
-		Title: github.String(req.Title), Head: github.String(req.Head), Base: github.String(req.Base),
-		Body: github.String(req.Body), Draft: github.Bool(req.Draft),
+	var created *github.PullRequest
+	var rawErr error
+	err = g.call(ctx, "create pull request", func(ctx context.Context) (*github.Response, error) {
+		var resp *github.Response
+		created, resp, rawErr = g.client.PullRequests.Create(ctx, owner, name, &github.NewPullRequest{
+			Title: github.String(req.Title), Head: github.String(req.Head), Base: github.String(req.Base),
+			Body: github.String(req.Body), Draft: github.Bool(req.Draft),
+		})
+		return resp, rawErr
 	})
-	if err != nil {
-		if alreadyExists(err) {
-			// A create whose response we lost (502 after success, or a
-			// race with another replica): adopt that PR.
-			if pr, ok, ferr := g.find(ctx, owner, name, req); ferr != nil || ok {
-				return pr, ok, ferr
-			}
+	if err == nil {
+		return convert(created, owner, name), false, nil
+	}
+	if alreadyExists(rawErr) {
+		prs, ferr := g.FindPRs(ctx, req.RepoURL, req.Head)
+		if ferr != nil {
+			return PullRequest{}, false, ferr
 		}
-		return PullRequest{}, false, classify(resp, err)
-	}
-	return convert(created, owner, name), false, nil
-}
-
-// find looks up the pull request whose head is req.Head.
-func (g *GitHub) find(ctx context.Context, owner, name string, req PRRequest) (PullRequest, bool, error) {
-	prs, resp, err := g.client.PullRequests.List(ctx, owner, name, &github.PullRequestListOptions{
-		State: "all", Head: owner + ":" + req.Head, ListOptions: github.ListOptions{PerPage: 100},
-	})
-	if err != nil {
-		return PullRequest{}, false, classify(resp, err)
-	}
-	var closed *github.PullRequest
-	for _, pr := range prs {
-		if pr.GetHead().GetRef() != req.Head {
-			continue
+		if pr, ok := pick(prs); ok {
+			return pr, true, nil
 		}
-		switch {
-		case pr.GetState() == "open", pr.GetMerged() || pr.MergedAt != nil:
-			return convert(pr, owner, name), true, nil
-		default:
-			closed = pr
-		}
+		// GitHub says it exists but lists none open: a replica lag.
+		return PullRequest{}, false, &RetryError{Err: fmt.Errorf("create pull request: GitHub reports one exists for %s but lists none", req.Head)}
 	}
-	if closed != nil {
-		return PullRequest{}, false, fmt.Errorf("%w: #%d (%s)", ErrClosedByHuman, closed.GetNumber(), closed.GetHTMLURL())
-	}
-	return PullRequest{}, false, nil
+	return PullRequest{}, false, err
 }
 
 func convert(pr *github.PullRequest, owner, name string) PullRequest {
 	state := pr.GetState()
 	if pr.GetMerged() || pr.MergedAt != nil {
-		state = "merged"
+		state = StateMerged
 	}
 	return PullRequest{
-		Number: pr.GetNumber(), URL: pr.GetHTMLURL(), State: state, HeadSHA: pr.GetHead().GetSHA(),
-		Title: pr.GetTitle(), Repo: owner + "/" + name,
+		Number: pr.GetNumber(), URL: pr.GetHTMLURL(), State: state,
+		Head: pr.GetHead().GetRef(), HeadSHA: pr.GetHead().GetSHA(), Base: pr.GetBase().GetRef(),
+		Title: pr.GetTitle(), Body: pr.GetBody(), Draft: pr.GetDraft(), Repo: owner + "/" + name,
 	}
 }
 
@@ -123,36 +244,37 @@ func alreadyExists(err error) bool {
 	return false
 }
 
-// classify maps a go-github error to the sentinels and RetryError.
-func classify(resp *github.Response, err error) error {
+// classify maps a go-github error to the sentinels and *RetryError. The
+// limiter has already turned rate-limited answers into *RetryError.
+func classify(what string, resp *github.Response, err error, now func() time.Time) error {
+	var re *RetryError
 	var rl *github.RateLimitError
 	var abuse *github.AbuseRateLimitError
 	switch {
+	case errors.As(err, &re):
+		return re
+	case errors.Is(err, ErrAuth):
+		return err // the token source refused (a GitHub App that cannot mint)
 	case errors.As(err, &rl):
-		return &RetryError{Err: err, After: time.Until(rl.Rate.Reset.Time)}
+		// go-github remembers an exhausted primary limit from the
+		// headers of a successful answer and refuses calls until reset.
+		return &RetryError{After: max(rl.Rate.Reset.Sub(now()), time.Second), Err: fmt.Errorf("%w: %s: primary rate limit exhausted", ErrRateLimited, what)}
 	case errors.As(err, &abuse):
-		return &RetryError{Err: err, After: abuse.GetRetryAfter()}
+		return &RetryError{After: max(abuse.GetRetryAfter(), time.Second), Err: fmt.Errorf("%w: %s", ErrRateLimited, what)}
 	}
 	status := 0
-	if resp != nil {
+	if resp != nil && resp.Response != nil {
 		status = resp.StatusCode
 	}
 	switch {
-	case status == http.StatusTooManyRequests:
-		// go-github v60 has no typed error for 429.
-		after := time.Minute
-		if s, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil {
-			after = time.Duration(s) * time.Second
-		}
-		return &RetryError{Err: err, After: after}
 	case status == http.StatusUnauthorized, status == http.StatusForbidden:
-		return fmt.Errorf("%w: %v", ErrAuth, err)
+		return fmt.Errorf("%w: %s: %v", ErrAuth, what, err)
 	case status == http.StatusNotFound:
-		return fmt.Errorf("%w: %v", ErrNotFound, err)
-	case status == http.StatusUnprocessableEntity:
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: %s: %v", ErrNotFound, what, err)
+	case status == http.StatusRequestTimeout, status >= 500, status == 0:
+		// 5xx, and no answer at all: connection refused, reset, dropped.
+		return &RetryError{Err: fmt.Errorf("%s: %w", what, err)}
 	default:
-		// 5xx, timeouts, connection errors.
-		return &RetryError{Err: err}
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, what, err)
 	}
 }

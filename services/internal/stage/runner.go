@@ -71,6 +71,9 @@ type Config struct {
 	RetryDelays []time.Duration
 	// Logger receives one line per failure; slog.Default when nil.
 	Logger *slog.Logger
+	// Metrics records each delivery's outcome and handling time; nothing
+	// is recorded when nil.
+	Metrics *Metrics
 	// BeforeAck is a fault-injection point for tests. When it returns an
 	// error the runner abandons the delivery without acknowledging it, as
 	// a process that crashed between publishing and acking would; the
@@ -181,10 +184,14 @@ func (r *Runner) Run(ctx context.Context) error {
 
 // process handles one message: handler, then ack, nak or term.
 func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
+	start := time.Now()
+	outcome := OutcomeAbandoned
+	defer func() { r.cfg.Metrics.observe(r.cfg.Name, outcome, time.Since(start)) }()
 	in, err := r.input(msg)
 	if err != nil {
 		// A message on our subject we cannot even attribute: nothing to
 		// report it against, so drop it loudly.
+		outcome = OutcomeDropped
 		r.cfg.Logger.Error("dropping undecodable message", "stage", r.cfg.Name, "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
@@ -200,6 +207,7 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 				return
 			}
 		}
+		outcome = OutcomeSucceeded
 		r.processed.Add(1)
 		if err := msg.DoubleAck(ctx); err != nil {
 			// The work is published; a redelivery republishes duplicates
@@ -221,6 +229,7 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 		}
 		r.cfg.Logger.Info("retrying", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID,
 			"delivery", in.Deliveries, "delay", delay, "err", herr)
+		outcome = OutcomeRetried
 		_ = msg.NakWithDelay(delay)
 		return
 	}
@@ -238,6 +247,7 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
+	outcome = OutcomeFailed
 	r.failed.Add(1)
 	r.cfg.Logger.Warn("attempt failed", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID,
 		"failure_type", ft, "err", se.Err)

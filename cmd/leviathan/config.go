@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/leviathan-dev/leviathan/services/app"
+)
+
+const configUsage = `Usage:
+  leviathan config get <target>                 print the target's policy (defaults filled in)
+  leviathan config set <target> [flags]         change some fields, keep the others
+      --autonomy=true|false                     the kill switch
+      --max-open-prs=N                          cap on open Leviathan pull requests
+      --allowed-path-prefixes=a/,b/             paths attempts may change ("" clears)
+  leviathan config list                         every target with a policy
+  leviathan config delete <target>              back to the defaults
+
+Flags of every subcommand: --nats-url (env NATS_URL). Changes apply to the
+next attempt; no restart needed. The same bucket can be edited with
+  nats kv put leviathan-config <target> '{"autonomy_enabled":false}'
+`
+
+// cmdConfig reads and writes per-target policies in the leviathan-config
+// bucket.
+func cmdConfig(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, configUsage)
+		if len(args) == 0 {
+			return &exitError{code: 2, msg: "config: which subcommand?"}
+		}
+		return nil
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("config "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsURL := fs.String("nats-url", env.NATSURL, "NATS server URL (env NATS_URL)")
+	var autonomy, maxOpen, prefixes optionalString
+	if sub == "set" {
+		fs.Var(&autonomy, "autonomy", "true or false: the kill switch")
+		fs.Var(&maxOpen, "max-open-prs", "cap on open Leviathan pull requests of the target")
+		fs.Var(&prefixes, "allowed-path-prefixes", "comma-separated path prefixes attempts may change (\"\" clears)")
+	}
+	// The target comes first (`config set demo --autonomy=false`); flags
+	// may also come first.
+	var target string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		target, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	if target == "" && fs.NArg() > 0 {
+		target = fs.Arg(0)
+	}
+	if sub != "list" && target == "" {
+		return &exitError{code: 2, msg: "config " + sub + ": which target?"}
+	}
+
+	nc, err := nats.Connect(*natsURL, append(env.natsOptions(), nats.Name("leviathan-config"))...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, app.ConfigBucket)
+	if err != nil {
+		return fmt.Errorf("bucket %s (is a Leviathan service running against this NATS?): %w", app.ConfigBucket, err)
+	}
+	store := app.PolicyStore{KV: kv}
+
+	switch sub {
+	case "get":
+		p, err := store.Get(ctx, target)
+		if err != nil {
+			return err
+		}
+		return printPolicy(stdout, target, p)
+	case "list":
+		targets, err := store.Targets(ctx)
+		if err != nil {
+			return err
+		}
+		for _, t := range targets {
+			p, err := store.Get(ctx, t)
+			if err != nil {
+				fmt.Fprintf(stdout, "%s\tinvalid: %v\n", t, err)
+				continue
+			}
+			fmt.Fprintf(stdout, "%s\tautonomy_enabled=%v max_open_prs=%d allowed_path_prefixes=%s\n",
+				t, p.Autonomy(), p.OpenPRLimit(), strings.Join(p.AllowedPathPrefixes, ","))
+		}
+		return nil
+	case "delete":
+		return store.Delete(ctx, target)
+	case "set":
+		// A broken stored value is replaced, not merged into.
+		p, err := store.Get(ctx, target)
+		if err != nil && !errors.Is(err, app.ErrPolicyInvalid) {
+			return err
+		}
+		if autonomy.set {
+			b, err := strconv.ParseBool(autonomy.value)
+			if err != nil {
+				return &exitError{code: 2, msg: fmt.Sprintf("--autonomy=%q: want true or false", autonomy.value)}
+			}
+			p.AutonomyEnabled = &b
+		}
+		if maxOpen.set {
+			n, err := strconv.Atoi(maxOpen.value)
+			if err != nil || n < 0 {
+				return &exitError{code: 2, msg: fmt.Sprintf("--max-open-prs=%q: want a number >= 0", maxOpen.value)}
+			}
+			p.MaxOpenPRs = &n
+		}
+		if prefixes.set {
+			p.AllowedPathPrefixes = nil
+			for _, pre := range strings.Split(prefixes.value, ",") {
+				if pre = strings.TrimSpace(pre); pre != "" {
+					p.AllowedPathPrefixes = append(p.AllowedPathPrefixes, pre)
+				}
+			}
+		}
+		if err := store.Put(ctx, target, p); err != nil {
+			return err
+		}
+		return printPolicy(stdout, target, p)
+	default:
+		fmt.Fprint(stderr, configUsage)
+		return &exitError{code: 2, msg: fmt.Sprintf("config: unknown subcommand %q", sub)}
+	}
+}
+
+// printPolicy prints the effective policy, defaults filled in.
+func printPolicy(w io.Writer, target string, p app.Policy) error {
+	b, err := json.MarshalIndent(map[string]any{
+		"target": target, "autonomy_enabled": p.Autonomy(), "max_open_prs": p.OpenPRLimit(),
+		"allowed_path_prefixes": p.AllowedPathPrefixes,
+	}, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+// optionalString is a flag that records whether it was given.
+type optionalString struct {
+	value string
+	set   bool
+}
+
+func (o *optionalString) String() string     { return o.value }
+func (o *optionalString) Set(v string) error { o.value, o.set = v, true; return nil }

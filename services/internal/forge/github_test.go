@@ -1,0 +1,206 @@
+package forge_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/services/internal/forge"
+	"github.com/leviathan-dev/leviathan/services/internal/forge/forgetest"
+	"github.com/leviathan-dev/leviathan/services/internal/gitx"
+	"github.com/leviathan-dev/leviathan/services/localforge"
+)
+
+// appKey is generated once per test binary: RSA key generation is slow.
+var appKey = sync.OnceValue(func() *rsa.PrivateKey {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		panic(err)
+	}
+	return k
+})
+
+func pemKey(k *rsa.PrivateKey) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)})
+}
+
+const (
+	appID          = 4242
+	installationID = 77
+)
+
+func pacing(opt forgetest.Options) forge.GitHubConfig {
+	return forge.GitHubConfig{MinInterval: opt.MinInterval, MaxPaceWait: opt.MaxPaceWait,
+		RateLimitBackoff: opt.RateLimitBackoff, RequestTimeout: opt.RequestTimeout}
+}
+
+func TestGitHubWithToken(t *testing.T) {
+	forgetest.Run(t, func(t *testing.T, h *forgetest.Harness, opt forgetest.Options) forge.Driver {
+		cfg := pacing(opt)
+		cfg.Token, cfg.BaseURL = forgetest.Token, h.APIURL()
+		d, err := forge.NewGitHub(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	})
+}
+
+// appTokens registers the app with the forge and returns its token source.
+func appTokens(t *testing.T, h *forgetest.Harness, key *rsa.PrivateKey) *forge.AppTokens {
+	t.Helper()
+	if err := h.Forge.RegisterApp(localforge.App{ID: appID, PublicKey: &appKey().PublicKey, Installations: []int64{installationID}}); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := forge.NewAppTokens(forge.AppConfig{AppID: appID, InstallationID: installationID, PrivateKey: pemKey(key), BaseURL: h.APIURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+func TestGitHubWithAppToken(t *testing.T) {
+	forgetest.Run(t, func(t *testing.T, h *forgetest.Harness, opt forgetest.Options) forge.Driver {
+		cfg := pacing(opt)
+		cfg.Tokens, cfg.BaseURL = appTokens(t, h, appKey()), h.APIURL()
+		d, err := forge.NewGitHub(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	})
+}
+
+// TestAppTokenRefreshAndGit checks the App path end to end against
+// localforge: tokens are minted once, re-minted a minute before expiry,
+// and the same token source authenticates git.
+func TestAppTokenRefreshAndGit(t *testing.T) {
+	h := forgetest.NewHarness(t)
+	ts := appTokens(t, h, appKey())
+	d, err := forge.NewGitHub(forge.GitHubConfig{Tokens: ts, BaseURL: h.APIURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	list := func() {
+		t.Helper()
+		if _, err := d.OpenPRs(ctx, h.RepoURL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list()
+	list()
+	if n := h.Count("POST", "/access_tokens"); n != 1 {
+		t.Fatalf("minted %d tokens for two calls, want 1", n)
+	}
+	first, _ := ts.Token(ctx)
+
+	// Git with the installation token, as clone and push use it.
+	remote := gitx.Remote{URL: h.RepoURL, HTTPClient: forge.GitHTTPClient(ts, nil)}
+	snap, err := gitx.Fetch(ctx, remote, "main", "README.md", gitx.FetchOptions{})
+	if err != nil || snap.Commit.IsZero() {
+		t.Fatalf("fetch with the installation token: %v", err)
+	}
+
+	// A token is re-minted when it has less than a minute left: with a
+	// 62 s lifetime that is after two seconds. The old one stays valid
+	// until it expires, as on GitHub.
+	h = forgetest.NewHarness(t, func(c *localforge.Config) { c.InstallationTokenTTL = 62 * time.Second })
+	ts = appTokens(t, h, appKey())
+	if d, err = forge.NewGitHub(forge.GitHubConfig{Tokens: ts, BaseURL: h.APIURL()}); err != nil {
+		t.Fatal(err)
+	}
+	list()
+	first, _ = ts.Token(ctx)
+	time.Sleep(2100 * time.Millisecond)
+	list()
+	second, _ := ts.Token(ctx)
+	if n := h.Count("POST", "/access_tokens"); n != 2 || second == first || !strings.HasPrefix(second, "ghs_") {
+		t.Fatalf("after 2s of a 62s token: %d mints, token changed %v; want a second mint", n, second != first)
+	}
+	for _, r := range h.Forge.Requests() {
+		if strings.Contains(r.Path, "/pulls") && r.Status != 200 {
+			t.Fatalf("an API call failed around the refresh: %+v", r)
+		}
+	}
+}
+
+func TestAppWithWrongKeyIsAuthFailure(t *testing.T) {
+	h := forgetest.NewHarness(t)
+	other, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := appTokens(t, h, other) // the forge knows appKey's public key, not other's
+	d, err := forge.NewGitHub(forge.GitHubConfig{Tokens: ts, BaseURL: h.APIURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = forge.EnsurePR(context.Background(), d, forge.PRRequest{RepoURL: h.RepoURL, Base: "main", Head: "feature-1", Title: "t"}, nil)
+	var re *forge.RetryError
+	if !errors.Is(err, forge.ErrAuth) || errors.As(err, &re) || !strings.Contains(err.Error(), "installation 77") {
+		t.Fatalf("EnsurePR with a wrong app key: %v, want ErrAuth naming the installation", err)
+	}
+	// Git reports it as an authentication failure, which the attempt
+	// classifies as auth_failed rather than retrying.
+	_, err = gitx.Fetch(context.Background(), gitx.Remote{URL: h.RepoURL, HTTPClient: forge.GitHTTPClient(ts, nil)}, "main", "README.md", gitx.FetchOptions{})
+	if ft, retry := gitx.Classify(err); !errors.Is(err, gitx.ErrAuth) || ft != events.AuthFailed || retry {
+		t.Fatalf("git with a wrong app key: %v (%s, retry %v)", err, ft, retry)
+	}
+	if len(h.Pulls(t)) != 0 {
+		t.Fatal("a pull request was opened")
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	// The production defaults are what DESIGN.md §7 and GitHub ask for.
+	if forge.DefaultMinInterval < time.Second || forge.DefaultRateLimitBackoff < time.Minute {
+		t.Fatalf("defaults: interval %v, backoff %v", forge.DefaultMinInterval, forge.DefaultRateLimitBackoff)
+	}
+	for _, cfg := range []forge.GitHubConfig{
+		{},
+		{Token: "a", Tokens: forge.StaticToken("b")},
+		{Token: "a", MinInterval: -time.Second},
+	} {
+		if _, err := forge.NewGitHub(cfg); err == nil {
+			t.Errorf("NewGitHub(%+v) accepted", cfg)
+		}
+	}
+	if _, err := forge.NewAppTokens(forge.AppConfig{AppID: 1, InstallationID: 2, PrivateKey: []byte("not a key")}); err == nil ||
+		strings.Contains(err.Error(), "not a key") {
+		t.Fatalf("bad key: %v", err)
+	}
+	if s := forge.StaticToken("sekrit-value"); strings.Contains(s.String(), "sekrit") {
+		t.Fatal("StaticToken prints its value")
+	}
+}
+
+// TestProductionBackoffIsApplied: with no configuration, a rate limit that
+// names no wait backs off a full minute (GitHub's guidance), and so does
+// a bare 429; nothing is waited for in the test.
+func TestProductionBackoffIsApplied(t *testing.T) {
+	h := forgetest.NewHarness(t)
+	d, err := forge.NewGitHub(forge.GitHubConfig{Token: forgetest.Token, BaseURL: h.APIURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Forge.InjectFault(localforge.Fault{Path: "/pulls", Status: 403})
+	_, err = d.OpenPRs(context.Background(), h.RepoURL)
+	var re *forge.RetryError
+	if !errors.As(err, &re) || re.After != time.Minute {
+		t.Fatalf("secondary limit with defaults: %v, want a 1m wait", err)
+	}
+	d, _ = forge.NewGitHub(forge.GitHubConfig{Token: forgetest.Token, BaseURL: h.APIURL()})
+	h.Forge.InjectFault(localforge.Fault{Path: "/pulls", Status: 429})
+	if _, err = d.OpenPRs(context.Background(), h.RepoURL); !errors.As(err, &re) || re.After != time.Minute {
+		t.Fatalf("bare 429 with defaults: %v, want a 1m wait", err)
+	}
+}

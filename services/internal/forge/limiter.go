@@ -1,0 +1,222 @@
+package forge
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Pacing defaults (DESIGN.md §7, GitHub's "best practices for using the
+// REST API": no concurrent mutating requests, at least one second apart;
+// after a secondary rate limit without Retry-After, wait at least a minute
+// and longer on each repeat).
+const (
+	DefaultMinInterval      = time.Second
+	DefaultMaxPaceWait      = 5 * time.Second
+	DefaultRateLimitBackoff = time.Minute
+	// maxBackoffDoubling bounds the exponential backoff of repeated
+	// header-less rate limits: 60 s, 2 min, 4 min, 8 min, 16 min.
+	maxBackoffDoubling = 4
+)
+
+// limiter is the politeness of one token: it spaces mutating calls and
+// holds every call while the forge has said to wait. It is an
+// http.RoundTripper so that every request through the token's client obeys
+// it, whichever API method made it; go-github never sees a rate-limited
+// answer, so its own client-side rate-limit memory (which, for a secondary
+// limit, would wait until the primary window's reset, up to an hour) never
+// engages.
+type limiter struct {
+	next http.RoundTripper
+	now  func() time.Time
+
+	interval time.Duration // between the end of one mutating call and the start of the next
+	maxWait  time.Duration // longest in-line wait; beyond it, RetryError
+	backoff  time.Duration // wait after a rate limit that names none
+
+	sem chan struct{} // one mutating call at a time
+
+	mu        sync.Mutex
+	nextSlot  time.Time // earliest start of the next mutating call
+	holdUntil time.Time // no calls at all before this
+	strikes   int       // consecutive rate limits that named no wait
+}
+
+func newLimiter(next http.RoundTripper, now func() time.Time, interval, maxWait, backoff time.Duration) *limiter {
+	return &limiter{next: next, now: now, interval: interval, maxWait: maxWait, backoff: backoff, sem: make(chan struct{}, 1)}
+}
+
+// mutating reports whether a request changes state on the forge.
+func mutating(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return false
+	}
+	return true
+}
+
+func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := l.held(); err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	if mutating(req.Method) {
+		release, err := l.acquire(req.Context())
+		if err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		defer release()
+	}
+	resp, err := l.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if wait, limited := l.rateLimitWait(resp); limited {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+		_ = resp.Body.Close()
+		l.mu.Lock()
+		if until := l.now().Add(wait); until.After(l.holdUntil) {
+			l.holdUntil = until
+		}
+		l.mu.Unlock()
+		return nil, &RetryError{After: wait, Err: fmt.Errorf("%w: HTTP %d on %s %s", ErrRateLimited, resp.StatusCode, req.Method, req.URL.Path)}
+	}
+	if resp.StatusCode < 400 && mutating(req.Method) {
+		// Secondary limits are mostly about mutating calls: only one
+		// that goes through shows the limit has passed.
+		l.mu.Lock()
+		l.strikes = 0
+		l.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// held returns a RetryError while the forge's last rate limit lasts.
+func (l *limiter) held() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if wait := l.holdUntil.Sub(l.now()); wait > 0 {
+		return &RetryError{After: wait, Err: fmt.Errorf("%w: holding all calls with this token", ErrRateLimited)}
+	}
+	return nil
+}
+
+// acquire waits for the token's mutating-call slot: the previous mutating
+// call has finished and interval has passed since. It waits in-line up to
+// maxWait; for a longer wait it reserves nothing and returns a RetryError,
+// so a stage hands the message back to the server instead of blocking.
+func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
+	deadline := l.now().Add(l.maxWait)
+	t := time.NewTimer(l.maxWait)
+	defer t.Stop()
+	select {
+	case l.sem <- struct{}{}:
+	case <-t.C:
+		return nil, &RetryError{After: l.interval, Err: fmt.Errorf("%w: another mutating call is in flight", ErrPaced)}
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	l.mu.Lock()
+	slot := l.nextSlot
+	l.mu.Unlock()
+	wait := slot.Sub(l.now())
+	if slot.After(deadline) {
+		<-l.sem
+		return nil, &RetryError{After: wait, Err: fmt.Errorf("%w: next slot in %s", ErrPaced, wait.Round(time.Millisecond))}
+	}
+	if wait > 0 {
+		w := time.NewTimer(wait)
+		select {
+		case <-w.C:
+		case <-ctx.Done():
+			w.Stop()
+			<-l.sem
+			return nil, ctx.Err()
+		}
+	}
+	return func() {
+		l.mu.Lock()
+		l.nextSlot = l.now().Add(l.interval)
+		l.mu.Unlock()
+		<-l.sem
+	}, nil
+}
+
+// rateLimitWait says whether resp is a rate limit and how long to wait, by
+// GitHub's documented rules: on 403 or 429, honour Retry-After; else, when
+// X-RateLimit-Remaining is 0, wait until X-RateLimit-Reset; else (a
+// secondary limit that names no time) back off, doubling on each repeat.
+// A 403 with none of these signs and no rate-limit message is a permission
+// error, not a rate limit.
+func (l *limiter) rateLimitWait(resp *http.Response) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusForbidden && resp.StatusCode != http.StatusTooManyRequests {
+		return 0, false
+	}
+	now := l.now()
+	if d, ok := retryAfter(resp.Header.Get("Retry-After"), now); ok {
+		return d, true
+	}
+	if resp.Header.Get("X-RateLimit-Remaining") == "0" {
+		if reset, err := strconv.ParseInt(resp.Header.Get("X-RateLimit-Reset"), 10, 64); err == nil {
+			return max(time.Unix(reset, 0).Sub(now), time.Second), true
+		}
+	}
+	if resp.StatusCode == http.StatusForbidden && !isRateLimited(resp) {
+		return 0, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.backoff << min(l.strikes, maxBackoffDoubling)
+	l.strikes++
+	return d, true
+}
+
+// retryAfter parses a Retry-After header: seconds or an HTTP date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
+		return max(time.Duration(s)*time.Second, time.Second), true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), time.Second), true
+	}
+	return 0, false
+}
+
+// isRateLimited reports whether a 403/429 answer says it is a rate limit
+// (in its headers or its message) rather than a refusal. It peeks at the
+// body and puts it back.
+func isRateLimited(resp *http.Response) bool {
+	if resp.StatusCode == http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "" ||
+		resp.Header.Get("X-RateLimit-Remaining") == "0" {
+		return true
+	}
+	if resp.Body == nil {
+		return false
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	_ = resp.Body.Close()
+	resp.Body = io.NopCloser(strings.NewReader(string(data)))
+	var e struct {
+		Message          string `json:"message"`
+		DocumentationURL string `json:"documentation_url"`
+	}
+	_ = json.Unmarshal(data, &e)
+	text := strings.ToLower(e.Message + " " + e.DocumentationURL)
+	return strings.Contains(text, "rate limit") || strings.Contains(text, "rate-limit") || strings.Contains(text, "abuse")
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}

@@ -1,0 +1,347 @@
+// Command projbench is the projector benchmark behind `make bench-projector`
+// (see bench/README.md). It fills a JetStream stream of an embedded NATS
+// server with realistic events, then measures, on this machine:
+//
+//   - replay_events_per_s: events per second of a projector replaying the
+//     whole stream from nothing, through JetStream (ordered consumer,
+//     decode, apply), from the start of Run until the last event is
+//     applied;
+//   - summary_p50_ms, summary_p99_ms: latency of GET /v1/graph/summary over
+//     HTTP on loopback, with a new event applied before every request so
+//     the cached answer never helps (the worst case);
+//   - bytes_per_attempt: heap the replayed graph holds (HeapAlloc after GC
+//     with the graph, minus after GC without it, NATS shut down) divided by
+//     the number of Attempt nodes.
+//
+// It prints what it measured against the targets and writes the
+// "projector" key of bench/results.json, keeping every other key.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/leviathan-dev/leviathan/services/internal/stage"
+	"github.com/leviathan-dev/leviathan/services/projector"
+	"github.com/leviathan-dev/leviathan/services/projector/internal/eventgen"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "projbench:", err)
+		os.Exit(1)
+	}
+}
+
+// Targets of the issue that added this benchmark: reported, not enforced.
+const (
+	targetReplay          = 250_000
+	targetSummaryP99ms    = 2.0
+	targetBytesPerAttempt = 2048
+)
+
+// results is the "projector" key of bench/results.json.
+type results struct {
+	Events            int     `json:"events"`
+	ReplayEventsPerS  float64 `json:"replay_events_per_s"`
+	SummaryP50ms      float64 `json:"summary_p50_ms"`
+	SummaryP99ms      float64 `json:"summary_p99_ms"`
+	BytesPerAttempt   float64 `json:"bytes_per_attempt"`
+	attempts          int
+	snapshotBytes     int
+	snapshotDecodeDur time.Duration
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fset := flag.NewFlagSet("projbench", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	n := fset.Int("events", 1_000_000, "events in the stream")
+	requests := fset.Int("requests", 10_000, "summary requests timed")
+	out := fset.String("results", "bench/results.json", "results file (the projector key is replaced)")
+	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile of the replay to this file")
+	if err := fset.Parse(args); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "projbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+		StoreDir: dir, NoLog: true, NoSigs: true, JetStreamMaxMemory: 1 << 30})
+	if err != nil {
+		return err
+	}
+	ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		return errors.New("nats server not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	res, err := stage.Ensure(ctx, js, stage.ResourceConfig{})
+	if err != nil {
+		return err
+	}
+
+	fmt.Fprintf(stdout, "filling the stream with %d events (%d attempts' worth, realistic payloads)...\n", *n, *n/8)
+	start := time.Now()
+	next, bytes, err := fill(ctx, js, *n)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "  %d events, %.0f MB, in %v\n", *n, float64(bytes)/1e6, time.Since(start).Round(time.Millisecond))
+
+	r := results{Events: *n}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := projector.New(res, projector.Config{Logger: logger, NoSnapshots: true})
+	info, err := res.Stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	pctx, stopProjector := context.WithCancel(ctx)
+	defer stopProjector()
+	done := make(chan error, 1)
+	start = time.Now()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	go func() { done <- p.Run(pctx) }()
+	if err := p.WaitApplied(ctx, info.State.LastSeq); err != nil {
+		return err
+	}
+	replay := time.Since(start)
+	pprof.StopCPUProfile()
+	r.ReplayEventsPerS = math.Round(float64(*n) / replay.Seconds())
+	fmt.Fprintf(stdout, "replay: %d events in %v = %.0f events/s (ordered consumer from sequence 1, decode, apply)\n",
+		*n, replay.Round(time.Millisecond), r.ReplayEventsPerS)
+
+	g := p.Graph()
+	api := projector.NewAPI(p, projector.APIConfig{Token: "bench-token", Logger: logger})
+	srv := httptest.NewServer(api.Handler())
+	if r.SummaryP50ms, r.SummaryP99ms, err = timeSummary(ctx, srv.URL, g, next, *requests, true); err != nil {
+		return err
+	}
+	cachedP50, cachedP99, err := timeSummary(ctx, srv.URL, g, next+*requests, *requests, false)
+	if err != nil {
+		return err
+	}
+	srv.Close()
+	fmt.Fprintf(stdout, "summary over HTTP: p50 %.3f ms, p99 %.3f ms with an event applied before each request; cached: p50 %.3f ms, p99 %.3f ms\n",
+		r.SummaryP50ms, r.SummaryP99ms, cachedP50, cachedP99)
+
+	snap, _ := g.MarshalSnapshot(0)
+	r.snapshotBytes = len(snap)
+	start = time.Now()
+	if _, _, err := projector.UnmarshalSnapshot(snap); err != nil {
+		return err
+	}
+	r.snapshotDecodeDur = time.Since(start)
+	snap = nil
+	fmt.Fprintf(stdout, "snapshot: %.1f MB, decoded in %v (what a restart reads instead of replaying)\n",
+		float64(r.snapshotBytes)/1e6, r.snapshotDecodeDur.Round(time.Millisecond))
+
+	// Memory: everything but the graph goes, then the graph.
+	stopProjector()
+	if err := <-done; err != nil {
+		return err
+	}
+	nc.Close()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	counts := g.Counts()
+	r.attempts = counts.Attempts
+	with := heap()
+	runtime.KeepAlive(g)
+	g, p, api = nil, nil, nil
+	without := heap()
+	r.BytesPerAttempt = math.Round(float64(with-without) / float64(r.attempts))
+	fmt.Fprintf(stdout, "memory: graph of %d attempt nodes (%d attempt ids, %d events) holds %.1f MB: %.0f bytes per attempt\n",
+		counts.Attempts, counts.Records, counts.Applied, float64(with-without)/1e6, r.BytesPerAttempt)
+
+	fmt.Fprintln(stdout, "\ntargets on this machine:")
+	check := func(name string, ok bool, got string) {
+		verdict := "met"
+		if !ok {
+			verdict = "MISSED"
+		}
+		fmt.Fprintf(stdout, "  %-30s %-7s %s\n", name, verdict, got)
+	}
+	check(fmt.Sprintf("replay ≥ %d events/s", targetReplay), r.ReplayEventsPerS >= targetReplay, fmt.Sprintf("%.0f", r.ReplayEventsPerS))
+	check(fmt.Sprintf("summary p99 ≤ %.0f ms", targetSummaryP99ms), r.SummaryP99ms <= targetSummaryP99ms, fmt.Sprintf("%.3f ms", r.SummaryP99ms))
+	check(fmt.Sprintf("≤ %d bytes per attempt", targetBytesPerAttempt), r.BytesPerAttempt <= targetBytesPerAttempt, fmt.Sprintf("%.0f", r.BytesPerAttempt))
+
+	if err := writeResults(*out, "projector", r); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote the projector key of %s\n", *out)
+	return nil
+}
+
+// fill publishes n events, attempt after attempt, as the services do (each
+// with its event id as Nats-Msg-Id). It returns the number of the next
+// attempt and the bytes published.
+func fill(ctx context.Context, js jetstream.JetStream, n int) (next int, bytes int64, err error) {
+	published := 0
+	for i := 0; published < n; i++ {
+		evs := eventgen.Attempt(i, eventgen.Mix(i))
+		for _, e := range evs[:min(len(evs), n-published)] {
+			data, err := e.Marshal()
+			if err != nil {
+				return 0, 0, err
+			}
+			if _, err := js.PublishAsync(e.Subject(), data, jetstream.WithMsgID(e.EventID)); err != nil {
+				return 0, 0, err
+			}
+			bytes += int64(len(data))
+			published++
+		}
+		next = i + 1
+		if i%500 == 0 {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				return 0, 0, ctx.Err()
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		return 0, 0, errors.New("publishing did not complete")
+	}
+	return next, bytes, nil
+}
+
+// timeSummary times GET /v1/graph/summary. With apply set, a new event is
+// applied to the graph before each request, so every answer is computed
+// afresh.
+func timeSummary(ctx context.Context, base string, g *projector.Graph, attempt, n int, apply bool) (p50, p99 float64, err error) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	lat := make([]float64, 0, n)
+	var pending []func()
+	for i := 0; i < n; i++ {
+		if apply {
+			if len(pending) == 0 {
+				for _, e := range eventgen.Attempt(attempt, eventgen.Succeeded) {
+					pending = append(pending, func() { g.Apply(e) })
+				}
+				attempt++
+			}
+			pending[0]()
+			pending = pending[1:]
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/graph/summary", nil)
+		req.Header.Set("Authorization", "Bearer bench-token")
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+		if resp.StatusCode != http.StatusOK {
+			return 0, 0, fmt.Errorf("summary: status %d", resp.StatusCode)
+		}
+	}
+	slices.Sort(lat)
+	rank := func(q float64) float64 { return lat[max(int(math.Ceil(q*float64(len(lat))))-1, 0)] }
+	return rank(0.50), rank(0.99), nil
+}
+
+// heap is the live heap after a full collection.
+func heap() uint64 {
+	var m runtime.MemStats
+	for range 3 {
+		runtime.GC()
+	}
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// writeResults sets key in the results file at path, atomically (a temp
+// file renamed over it), keeping the other benchmarks' keys.
+func writeResults(path, key string, value any) error {
+	doc := map[string]json.RawMessage{}
+	existing, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	case len(existing) > 0:
+		if err := json.Unmarshal(existing, &doc); err != nil {
+			return fmt.Errorf("%s is not a JSON object: %w", path, err)
+		}
+		if doc == nil {
+			doc = map[string]json.RawMessage{}
+		}
+	}
+	v, err := json.Marshal(value)
+	if err != nil {
+		return err
+	}
+	doc[key] = v
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".results-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
