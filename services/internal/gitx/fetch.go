@@ -192,6 +192,8 @@ type fetcher struct {
 	strategy Strategy
 	store    *memory.Storage
 	packs    [][]byte // every pack received, in order
+	// noCombine is set once the server refused fileDirFilter.
+	noCombine bool
 }
 
 // run fetches the tip commit, then walks the path, fetching whatever is
@@ -215,7 +217,7 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 	}
 	cur := commit.TreeHash
 	for i, name := range elems {
-		tree, err := f.tree(ctx, cur)
+		tree, err := f.tree(ctx, cur, i == len(elems)-1)
 		if err != nil {
 			return err
 		}
@@ -245,8 +247,16 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 	return nil
 }
 
-// tree returns tree h, fetching it first if the snapshot lacks it.
-func (f *fetcher) tree(ctx context.Context, h plumbing.Hash) (*object.Tree, error) {
+// fileDirFilter fetches the directory that holds the file together with
+// its files in one request: tree:1 on a wanted tree sends the tree and its
+// direct children, and blob:limit leaves out any sibling as large as the
+// biggest backlog we would accept (the file itself, if that large, is then
+// fetched on its own and refused later for its size).
+const fileDirFilter packp.Filter = "combine:tree:1+blob:limit=1m"
+
+// tree returns tree h, fetching it first if the snapshot lacks it. fileDir
+// says h is the directory holding the file.
+func (f *fetcher) tree(ctx context.Context, h plumbing.Hash, fileDir bool) (*object.Tree, error) {
 	if f.store.HasEncodedObject(h) != nil {
 		if f.strategy != StrategyMinimal {
 			return nil, fmt.Errorf("gitx: fetch %s: %w: the server did not send tree %s", f.remote.displayURL(), errRefused, h)
@@ -255,8 +265,20 @@ func (f *fetcher) tree(ctx context.Context, h plumbing.Hash) (*object.Tree, erro
 		// for a commit's root tree: tree:1 on a wanted tree sends it plus
 		// its direct children, blobs included (every file of a directory
 		// we only pass through), while tree:0 sends the wanted tree alone.
-		// So tree:0, one small request per directory on the path.
-		if err := f.uploadPack(ctx, []plumbing.Hash{h}, 0, packp.FilterTreeDepth(0)); err != nil {
+		// So tree:0 for each directory we pass through, and for the
+		// file's own directory tree:1 with a size cap, which saves the
+		// round trip for the blob; a server that refuses the combined
+		// filter gets tree:0 and a separate request for the blob.
+		err := errRefused
+		if fileDir && !f.noCombine {
+			if err = f.uploadPack(ctx, []plumbing.Hash{h}, 0, fileDirFilter); errors.Is(err, errRefused) {
+				f.noCombine = true
+			}
+		}
+		if errors.Is(err, errRefused) {
+			err = f.uploadPack(ctx, []plumbing.Hash{h}, 0, packp.FilterTreeDepth(0))
+		}
+		if err != nil {
 			return nil, err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -42,6 +43,16 @@ func wantObjects(t *testing.T, dir string, strategy Strategy, file string) map[s
 		for d := path.Dir(file); d != "."; d = path.Dir(d) {
 			want[git(t, dir, "rev-parse", "main:"+d)] = "tree"
 		}
+		// The file's own directory comes with its entries (one request
+		// instead of two); files of 1 MiB or more are left out.
+		if d := path.Dir(file); d != "." {
+			for _, line := range strings.Split(git(t, dir, "ls-tree", "-l", "main:"+d), "\n") {
+				f := strings.Fields(line) // mode type hash size name
+				if size, _ := strconv.Atoi(f[3]); f[1] == "tree" || f[1] == "blob" && size < 1<<20 {
+					want[f[2]] = f[1]
+				}
+			}
+		}
 	case StrategyBlobNone, StrategyShallow:
 		for _, line := range strings.Split(git(t, dir, "ls-tree", "-r", "-t", "main"), "\n") {
 			f := strings.Fields(line) // mode type hash path
@@ -66,14 +77,15 @@ func TestFetchStrategies(t *testing.T) {
 		file        string
 		posts       int64 // upload-pack requests
 	}{
-		{StrategyMinimal, StrategyMinimal, backlogPath, 3},
-		{StrategyMinimal, StrategyMinimal, "dir07/sub1/deep/config.yaml", 5},
+		{StrategyMinimal, StrategyMinimal, backlogPath, 2},
+		{StrategyMinimal, StrategyMinimal, "dir07/sub1/deep/config.yaml", 4},
+		{StrategyMinimal, StrategyMinimal, "dir03/sub0/file04.txt", 3},
 		{StrategyMinimal, StrategyMinimal, "README.md", 2},
 		{StrategyBlobNone, StrategyBlobNone, backlogPath, 2},
 		{StrategyBlobNone, StrategyBlobNone, "dir07/sub1/deep/config.yaml", 2},
 		{StrategyShallow, StrategyShallow, backlogPath, 1},
 		{StrategyShallow, StrategyShallow, "dir07/sub1/deep/config.yaml", 1},
-		{"", StrategyMinimal, backlogPath, 3},
+		{"", StrategyMinimal, backlogPath, 2},
 	} {
 		t.Run(string(tc.force)+"/"+tc.file, func(t *testing.T) {
 			reqs.reset()
@@ -167,6 +179,8 @@ func TestFetchFallback(t *testing.T) {
 		{"nofilter", "uploadpack.allowFilter", "false", StrategyShallow, []Strategy{StrategyMinimal, StrategyBlobNone}},
 		// "filter" advertised, but tree:<depth> refused at request time.
 		{"notreefilter", "uploadpackfilter.tree.allow", "false", StrategyBlobNone, []Strategy{StrategyMinimal}},
+		// Combined filters refused: minimal still works, the blob by itself.
+		{"nocombine", "uploadpackfilter.combine.allow", "false", StrategyMinimal, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			files := smallRepo()

@@ -56,30 +56,24 @@ func push(ctx context.Context, r Remote, branch string, c *NewCommit) (PushResul
 		return PushResult{}, transportError("push", r, err)
 	}
 	defer sess.Close()
-	adv, err := sess.AdvertisedReferencesContext(ctx)
-	if err != nil {
-		return PushResult{}, transportError("push", r, err)
-	}
-	if done, err := checkRefs(adv.References, ref, c.Hash, r); done || err != nil {
-		return PushResult{UpToDate: done}, err
-	}
-	if !adv.Capabilities.Supports(capability.ReportStatus) {
-		// Without report-status a refused update looks like success.
-		return PushResult{}, fmt.Errorf("gitx: push %s: the server does not offer report-status", r.displayURL())
-	}
 
+	// No ref advertisement first: that is a round trip (and, on the
+	// server, a walk of every ref) spent only to learn what a create
+	// learns anyway. The create is sent at once with the capabilities
+	// every git server has offered for a decade (report-status, and
+	// side-band-64k so the server's reasons reach us); when it is
+	// refused, rejection reads the refs to tell "already there",
+	// "exists elsewhere" and "blocked" apart.
 	pack, err := packObjects(c.Objects)
 	if err != nil {
 		return PushResult{}, err
 	}
-	req := packp.NewReferenceUpdateRequestFromCapabilities(adv.Capabilities)
+	req := packp.NewReferenceUpdateRequest()
+	_ = req.Capabilities.Set(capability.ReportStatus)
+	_ = req.Capabilities.Set(capability.Sideband64k)
+	_ = req.Capabilities.Set(capability.Agent, capability.DefaultAgent())
 	var remoteMsgs syncBuffer
-	if adv.Capabilities.Supports(capability.Sideband64k) {
-		// With side-band the server's "error: ..." lines reach us on
-		// channel 2, and go-git demultiplexes the report itself.
-		_ = req.Capabilities.Set(capability.Sideband64k)
-		req.Progress = &remoteMsgs
-	}
+	req.Progress = &remoteMsgs
 	req.Commands = []*packp.Command{{Name: ref, Old: plumbing.ZeroHash, New: c.Hash}}
 	req.Packfile = io.NopCloser(bytes.NewReader(pack))
 
