@@ -60,8 +60,9 @@ type Snapshot struct {
 	// body (ref advertisement and protocol framing included), also those
 	// of a strategy that the server refused before the one that worked.
 	BytesFetched int64
-	// Pack is a valid packfile holding exactly the fetched objects; open
-	// it with OpenPack.
+	// Pack is a valid packfile holding only fetched objects, at least the
+	// commit, the trees on the path and the blob; open it with OpenPack.
+	// (minimal keeps all it fetched; blob-none and shallow keep the path.)
 	Pack []byte
 }
 
@@ -194,6 +195,9 @@ type fetcher struct {
 	packs    [][]byte // every pack received, in order
 	// noCombine is set once the server refused fileDirFilter.
 	noCombine bool
+	// keep lists the objects on the path (commit, trees, blob): all that
+	// a snapshot of a blob-none or shallow fetch needs to hold.
+	keep []plumbing.Hash
 }
 
 // run fetches the tip commit, then walks the path, fetching whatever is
@@ -215,12 +219,14 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 	if err != nil {
 		return fmt.Errorf("gitx: fetch %s: the server did not send commit %s: %w", f.remote.displayURL(), tip, err)
 	}
+	f.keep = append(f.keep, tip)
 	cur := commit.TreeHash
 	for i, name := range elems {
 		tree, err := f.tree(ctx, cur, i == len(elems)-1)
 		if err != nil {
 			return err
 		}
+		f.keep = append(f.keep, cur)
 		e := findEntry(tree.Entries, name)
 		if e == nil {
 			return nil // the file does not exist; ReadFile will say so
@@ -232,7 +238,11 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 			cur = e.Hash
 			continue
 		}
-		if !isRegular(e.Mode) || f.store.HasEncodedObject(e.Hash) == nil {
+		if !isRegular(e.Mode) {
+			return nil
+		}
+		f.keep = append(f.keep, e.Hash)
+		if f.store.HasEncodedObject(e.Hash) == nil {
 			return nil
 		}
 		// No filter for the blob: an explicitly wanted object is always
@@ -379,16 +389,21 @@ func (f *fetcher) readError(err error) error {
 	return fmt.Errorf("gitx: fetch %s (%s): %w: %w", f.remote.displayURL(), f.strategy, errRefused, err)
 }
 
-// snapshotPack is the pack of every fetched object. A single response is
-// kept as the server sent it (with its deltas: a shallow pack can be large);
-// several are re-encoded into one.
+// snapshotPack is the pack the later stages read. For minimal that is
+// every fetched object (little more than the path); blob-none and shallow
+// fetch whole trees or the whole commit, of which the edit and the push
+// need only the path, so only the path is kept: a shallow fetch of a large
+// repository must not become a snapshot of the same size.
 func (f *fetcher) snapshotPack() ([]byte, error) {
-	if len(f.packs) == 1 {
-		return f.packs[0], nil
-	}
-	hashes := make([]plumbing.Hash, 0, len(f.store.Objects))
-	for h := range f.store.Objects {
-		hashes = append(hashes, h)
+	hashes := f.keep
+	if f.strategy == StrategyMinimal {
+		if len(f.packs) == 1 {
+			return f.packs[0], nil
+		}
+		hashes = make([]plumbing.Hash, 0, len(f.store.Objects))
+		for h := range f.store.Objects {
+			hashes = append(hashes, h)
+		}
 	}
 	objs := f.store.Objects
 	slices.SortFunc(hashes, func(a, b plumbing.Hash) int {
@@ -397,7 +412,7 @@ func (f *fetcher) snapshotPack() ([]byte, error) {
 		}
 		return bytes.Compare(a[:], b[:])
 	})
-	return encodePack(f.store, hashes)
+	return encodePack(f.store, slices.Compact(hashes))
 }
 
 // parsePack stores every object of pack in s.
