@@ -124,63 +124,53 @@ func (g *GitHub) call(ctx context.Context, what string, f func(ctx context.Conte
 
 // FindPRs implements Driver: list by head (owner:branch), state all.
 func (g *GitHub) FindPRs(ctx context.Context, repoURL, head string) ([]PullRequest, error) {
+	return g.list(ctx, repoURL, "list pull requests by head", func(owner string) *github.PullRequestListOptions {
+		return &github.PullRequestListOptions{State: "all", Head: owner + ":" + head}
+	}, func(owner string, pr *github.PullRequest) bool {
+		// GitHub filters by head already; a fork's branch of the same
+		// name would carry another owner in its label.
+		return pr.GetHead().GetRef() == head && strings.EqualFold(pr.GetHead().GetLabel(), owner+":"+head)
+	})
+}
+
+// OpenPRs implements Driver.
+func (g *GitHub) OpenPRs(ctx context.Context, repoURL string) ([]PullRequest, error) {
+	return g.list(ctx, repoURL, "list open pull requests", func(string) *github.PullRequestListOptions {
+		return &github.PullRequestListOptions{State: "open"}
+	}, func(string, *github.PullRequest) bool { return true })
+}
+
+// list pages through the pull requests of the repository that opts (built
+// from the owner) selects, keeping those keep accepts.
+func (g *GitHub) list(ctx context.Context, repoURL, what string, opts func(owner string) *github.PullRequestListOptions,
+	keep func(owner string, pr *github.PullRequest) bool) ([]PullRequest, error) {
 	owner, name, err := RepoPath(repoURL)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	o := opts(owner)
+	o.PerPage = 100
 	var out []PullRequest
-	opts := &github.PullRequestListOptions{State: "all", Head: owner + ":" + head, ListOptions: github.ListOptions{PerPage: 100}}
 	for {
 		var prs []*github.PullRequest
 		var resp *github.Response
-		err := g.call(ctx, "list pull requests by head", func(ctx context.Context) (*github.Response, error) {
+		err := g.call(ctx, what, func(ctx context.Context) (*github.Response, error) {
 			var err error
-			prs, resp, err = g.client.PullRequests.List(ctx, owner, name, opts)
+			prs, resp, err = g.client.PullRequests.List(ctx, owner, name, o)
 			return resp, err
 		})
 		if err != nil {
 			return nil, err
 		}
 		for _, pr := range prs {
-			// GitHub filters by head already; a fork's branch of the same
-			// name would carry another owner in its label.
-			if pr.GetHead().GetRef() == head && strings.EqualFold(pr.GetHead().GetLabel(), owner+":"+head) {
+			if keep(owner, pr) {
 				out = append(out, convert(pr, owner, name))
 			}
 		}
 		if resp.NextPage == 0 {
 			return out, nil
 		}
-		opts.Page = resp.NextPage
-	}
-}
-
-// OpenPRs implements Driver.
-func (g *GitHub) OpenPRs(ctx context.Context, repoURL string) ([]PullRequest, error) {
-	owner, name, err := RepoPath(repoURL)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	var out []PullRequest
-	opts := &github.PullRequestListOptions{State: "open", ListOptions: github.ListOptions{PerPage: 100}}
-	for {
-		var prs []*github.PullRequest
-		var resp *github.Response
-		err := g.call(ctx, "list open pull requests", func(ctx context.Context) (*github.Response, error) {
-			var err error
-			prs, resp, err = g.client.PullRequests.List(ctx, owner, name, opts)
-			return resp, err
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, pr := range prs {
-			out = append(out, convert(pr, owner, name))
-		}
-		if resp.NextPage == 0 {
-			return out, nil
-		}
-		opts.Page = resp.NextPage
+		o.Page = resp.NextPage
 	}
 }
 
