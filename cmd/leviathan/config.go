@@ -11,9 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/leviathan-dev/leviathan/services/app"
 )
 
@@ -67,15 +64,11 @@ func cmdConfig(ctx context.Context, args []string, env environment, stdout, stde
 		return &exitError{code: 2, msg: "config " + sub + ": which target?"}
 	}
 
-	nc, err := nats.Connect(*natsURL, append(env.natsOptions(), nats.Name("leviathan-config"))...)
-	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	nc, js, err := env.connect(*natsURL, "config")
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, app.ConfigBucket)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
@@ -37,15 +36,11 @@ func cmdWatch(ctx context.Context, args []string, env environment, stdout, stder
 	if attempt != "" && !events.ValidAttemptID(attempt) {
 		return &exitError{code: 2, msg: fmt.Sprintf("watch: %q is not an attempt id", attempt)}
 	}
-	nc, err := nats.Connect(*natsURL, append(env.natsOptions(), nats.Name("leviathan-watch"))...)
-	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	nc, js, err := env.connect(*natsURL, "watch")
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
 	if *timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *timeout)

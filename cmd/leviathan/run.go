@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/services/app"
 )
@@ -131,6 +132,21 @@ func (e environment) natsOptions() []nats.Option {
 		return nil
 	}
 	return []nats.Option{nats.UserInfo(e.NATSUser, e.NATSPassword)}
+}
+
+// connect opens a client connection to NATS for a CLI command, with the
+// credentials of the environment, and its JetStream context.
+func (e environment) connect(url, command string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url, append(e.natsOptions(), nats.Name("leviathan-"+command))...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/services/clone"
@@ -73,9 +72,9 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*natsURL, append(env.natsOptions(), nats.Name("leviathan-submit"))...)
+	nc, js, err := env.connect(*natsURL, "submit")
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
+		return err
 	}
 	defer nc.Close()
 	resp, err := submit(ctx, nc, body)
@@ -88,10 +87,6 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 	fmt.Fprintf(stdout, "attempt %s %s\n", resp.AttemptID, resp.Status)
 	if !*wait {
 		return nil
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
