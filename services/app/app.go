@@ -178,6 +178,14 @@ func startComponents(ctx context.Context, d *deps, comps []*component) (wait fun
 			}
 		}
 	}
+	// The endpoints' subscriptions must reach the server before anyone is
+	// told the process is up: a client on another connection asking at
+	// once would otherwise get "no responders".
+	if err := d.nc.FlushTimeout(10 * time.Second); err != nil {
+		cancel()
+		stopAll()
+		return nil, fmt.Errorf("register services: %w", err)
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, len(comps))
 	for _, c := range comps {
