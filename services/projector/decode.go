@@ -2,7 +2,9 @@ package projector
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math/bits"
 	"strconv"
 	"time"
 	"unicode/utf16"
@@ -234,6 +236,9 @@ func payloadAt(data []byte, i int, r *record, f *fields) (int, error) {
 // counts as absent.
 func stringAt(data []byte, i int) ([]byte, int, error) {
 	if i < len(data) && data[i] == '"' {
+		if s, next, ok := plainString(data, i); ok {
+			return s, next, nil
+		}
 		s, next, err := readString(data, i)
 		if err != nil {
 			return nil, next, err
@@ -466,12 +471,16 @@ func skipNumber(data []byte, i int) (int, error) {
 }
 
 // skipString returns the index just past the string at data[i], checking
-// its escapes without decoding them. It looks for the closing quote with
-// bytes.IndexByte (vectorised): strings are most of an event's bytes.
+// its escapes without decoding them. A plain string is scanned eight bytes
+// at a time (plainString); any other with bytes.IndexByte (vectorised):
+// strings are most of an event's bytes.
 // Raw control characters, which JSON forbids in strings, are not looked
 // for: the projector need not reject what encoding/json would, only read
 // what it accepts the same way.
 func skipString(data []byte, i int) (int, error) {
+	if _, next, ok := plainString(data, i); ok {
+		return next, nil
+	}
 	j := i + 1
 	for {
 		q := bytes.IndexByte(data[j:], '"')
@@ -502,10 +511,57 @@ func skipString(data []byte, i int) (int, error) {
 	}
 }
 
+// plainString reads the string starting at data[i] (a '"') when it is
+// plain: ASCII without escapes, what almost every string of an event is,
+// and what needs neither unescaping nor a UTF-8 check. Its contents are
+// returned as a sub-slice of data, with the index just past the closing
+// quote; ok is false for any other string (or none).
+func plainString(data []byte, i int) (s []byte, next int, ok bool) {
+	j := i + 1
+	// Eight bytes at a time: the lowest byte that is a quote, a backslash
+	// or not ASCII. (hasZero may also flag bytes above a zero byte, never
+	// below one, so the lowest flag is exact.)
+	for ; j+8 <= len(data); j += 8 {
+		w := binary.LittleEndian.Uint64(data[j:])
+		if m := hasZero(w^(ones*'"')) | hasZero(w^(ones*'\\')) | w&highs; m != 0 {
+			j += bits.TrailingZeros64(m) / 8
+			break
+		}
+	}
+	for j < len(data) && !stringStop[data[j]] {
+		j++
+	}
+	if j < len(data) && data[j] == '"' {
+		return data[i+1 : j], j + 1, true
+	}
+	return nil, i, false
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// hasZero flags (with its high bit) the lowest zero byte of w.
+func hasZero(w uint64) uint64 { return (w - ones) &^ w & highs }
+
+// stringStop holds the bytes that end a plain string, or make it not
+// plain: the quote, the backslash and every non-ASCII byte.
+var stringStop = func() (t [256]bool) {
+	t['"'], t['\\'] = true, true
+	for c := 0x80; c < len(t); c++ {
+		t[c] = true
+	}
+	return t
+}()
+
 // readString reads the string starting at data[i] (a '"'). It returns the
 // contents, unescaped (a sub-slice of data when there were no escapes), and
 // the index just past the closing quote.
 func readString(data []byte, i int) ([]byte, int, error) {
+	if s, next, ok := plainString(data, i); ok {
+		return s, next, nil
+	}
 	start := i + 1
 	q := bytes.IndexByte(data[start:], '"')
 	if q < 0 {

@@ -169,6 +169,10 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		f.Add(data)
 	}
 	f.Add([]byte(`{"event_type":"x","payload":{"task_id":"a\"b\u00e9\ud83d\ude00","pr_number":1e2}}`))
+	// Strings whose quote, escape or first non-ASCII byte falls anywhere in
+	// an eight-byte word, and invalid UTF-8.
+	f.Add([]byte(`{"event_type":"abcdefg","payload":{"task_id":"abcdefgh\\","status":"1234567é","title":"12345678\"x"}}`))
+	f.Add([]byte("{\"event_type\":\"x\",\"payload\":{\"task_id\":\"ab\xffcdefghij\",\"status\":\"\x80\"}}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkAgainstReference(t, data)
 		var r record

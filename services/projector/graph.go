@@ -1,10 +1,10 @@
 package projector
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -71,7 +71,7 @@ type Graph struct {
 
 	// seen holds every event id applied: UUIDs (all of Leviathan's and the
 	// Python worker's) as 16 bytes, anything else as a string.
-	seen      map[uuid.UUID]struct{}
+	seen      *idSet
 	seenOther map[string]struct{}
 
 	ring     [ringSize]recentEvent
@@ -223,7 +223,7 @@ func NewGraph() *Graph {
 		syms:     symbols{ids: map[string]sym{}, strs: []string{""}},
 		byTarget: map[sym]*target{}, byTask: map[taskKey]*task{}, byCommit: map[commitKey]*commit{},
 		byPull: map[pullKey]*pull{}, byAttempt: map[string]*attempt{},
-		seen: map[uuid.UUID]struct{}{}, seenOther: map[string]struct{}{},
+		seen: newIDSet(0), seenOther: map[string]struct{}{},
 	}
 	g.syms.ids[""] = 0
 	return g
@@ -255,12 +255,13 @@ func (g *Graph) Seq() uint64 {
 func (g *Graph) applyAll(items []item) (applied, duplicates int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.seen.touch(items)
 	for i := range items {
 		it := &items[i]
 		switch {
 		case it.err != nil:
 			g.seq = max(g.seq, it.rec.seq)
-		case g.applyLocked(&it.rec):
+		case g.applyLocked(&it.rec, it.uid, it.isUUID):
 			applied++
 		default:
 			duplicates++
@@ -273,14 +274,16 @@ func (g *Graph) applyAll(items []item) (applied, duplicates int) {
 func (g *Graph) apply(r *record) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.applyLocked(r)
+	uid, isUUID := parseUUID(r.id)
+	return g.applyLocked(r, uid, isUUID)
 }
 
-func (g *Graph) applyLocked(r *record) bool {
+// applyLocked projects r, whose id parses (parseUUID) to uid, isUUID.
+func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 	if r.seq > g.seq {
 		g.seq = r.seq
 	}
-	if g.duplicate(r.id) {
+	if g.duplicate(r.id, uid, isUUID) {
 		return false
 	}
 	g.applied++
@@ -299,8 +302,8 @@ func (g *Graph) applyLocked(r *record) bool {
 		}
 	}
 	e := recentEvent{ts: r.ts, typ: typ, actor: actor, target: tgt}
-	if u, ok := parseUUID(r.id); ok {
-		e.uid, e.isUUID = u, true
+	if isUUID {
+		e.uid, e.isUUID = uid, true
 	} else {
 		e.str = string(r.id)
 	}
@@ -322,19 +325,15 @@ func (g *Graph) applyLocked(r *record) bool {
 	return true
 }
 
-// duplicate reports whether id was applied before, and remembers it.
-// Events without an id (bare requests get one from their sequence) are
-// never duplicates.
-func (g *Graph) duplicate(id []byte) bool {
+// duplicate reports whether id (u when isUUID, its parsed form) was
+// applied before, and remembers it. Events without an id (bare requests
+// get one from their sequence) are never duplicates.
+func (g *Graph) duplicate(id []byte, u uuid.UUID, isUUID bool) bool {
 	if len(id) == 0 {
 		return false
 	}
-	if u, ok := parseUUID(id); ok {
-		if _, ok := g.seen[u]; ok {
-			return true
-		}
-		g.seen[u] = struct{}{}
-		return false
+	if isUUID {
+		return !g.seen.add(u)
 	}
 	if _, ok := g.seenOther[string(id)]; ok {
 		return true
@@ -351,42 +350,43 @@ func parseUUID(id []byte) (uuid.UUID, bool) {
 	if len(id) != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' {
 		return u, false
 	}
-	j := 0
-	for i := 0; i < 36; i += 2 {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i--
-			continue
-		}
-		hi, ok1 := lowerHex(id[i])
-		lo, ok2 := lowerHex(id[i+1])
-		if !ok1 || !ok2 {
-			return u, false
-		}
+	var bad byte
+	for j, i := range uuidHexAt {
+		hi, lo := lowerHexValue[id[i]], lowerHexValue[id[i+1]]
+		bad |= hi | lo
 		u[j] = hi<<4 | lo
-		j++
 	}
-	return u, true
+	return u, bad < 16
 }
 
-func lowerHex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
+// uuidHexAt is where each byte's two hex digits start in a canonical UUID.
+var uuidHexAt = [16]uint8{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// lowerHexValue is the value of a lower-case hex digit, 0xff for any other
+// byte.
+var lowerHexValue = func() (t [256]byte) {
+	for c := range t {
+		switch {
+		case c >= '0' && c <= '9':
+			t[c] = byte(c - '0')
+		case c >= 'a' && c <= 'f':
+			t[c] = byte(c - 'a' + 10)
+		default:
+			t[c] = 0xff
+		}
 	}
-	return 0, false
-}
+	return t
+}()
 
 // reserve sizes the graph's maps for about n more events, so a replay
 // does not spend its time growing them.
 func (g *Graph) reserve(n int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.seen) > 0 || n <= 0 {
+	if g.seen.len() > 0 || n <= 0 {
 		return
 	}
-	g.seen = make(map[uuid.UUID]struct{}, n)
+	g.seen.reserve(n)
 	g.byAttempt = make(map[string]*attempt, n/6)
 }
 
@@ -534,15 +534,16 @@ func (g *Graph) linkCommit(a *attempt, sha, branch []byte) {
 // came (the Python worker never sent it), and so does attempt.succeeded
 // with a pr_url, so a PR is never lost to a missing event.
 func (g *Graph) linkPull(a *attempt, r *record) {
-	repo, number, derived := pullIdentity(r)
-	if repo == "" {
+	var buf [128]byte
+	repo, number := pullIdentity(r, buf[:0])
+	if len(repo) == 0 {
 		return
 	}
-	k := pullKey{repo: g.syms.of(repo), number: number}
+	k := pullKey{repo: g.syms.intern(repo), number: number}
 	p := g.byPull[k]
 	if p == nil {
 		p = &pull{idx: int32(len(g.pulls)), repo: k.repo, number: number}
-		if string(r.prURL) != derived {
+		if string(r.prURL) != derivedPullURL(g.syms.str(k.repo), number) {
 			p.url = string(r.prURL)
 		}
 		g.byPull[k] = p
@@ -564,37 +565,87 @@ func (g *Graph) linkPull(a *attempt, r *record) {
 }
 
 // pullIdentity is the repository and number of the pull request an event
-// names, and the URL that repository and number imply. The repository is
-// host/owner/name from pr_url (https://host/owner/name/pull/N), else the
-// payload's repo, else the target; it is "" when the event names no PR.
-func pullIdentity(r *record) (repo string, number int64, derived string) {
+// names. The repository is host/owner/name from pr_url
+// (https://host/owner/name/pull/N), else the payload's repo, else the
+// target; it is empty when the event names no PR. It may be built in buf.
+func pullIdentity(r *record, buf []byte) (repo []byte, number int64) {
 	number = r.prNumber
 	if len(r.prURL) > 0 {
-		if u, err := url.Parse(string(r.prURL)); err == nil && u.Host != "" {
-			parts := strings.Split(strings.Trim(u.Path, "/"), "/")
-			if n := len(parts); n >= 4 && (parts[n-2] == "pull" || parts[n-2] == "pulls") {
-				if number == 0 {
-					number, _ = strconv.ParseInt(parts[n-1], 10, 64)
+		if host, path, ok := urlHostPath(r.prURL); ok && len(host) > 0 {
+			// The path's segments (without leading and trailing slashes)
+			// end in pull/N, after at least two others.
+			t := bytes.Trim(path, "/")
+			if i1 := bytes.LastIndexByte(t, '/'); i1 >= 0 {
+				if i2 := bytes.LastIndexByte(t[:i1], '/'); i2 >= 0 && bytes.IndexByte(t[:i2], '/') >= 0 {
+					if seg := string(t[i2+1 : i1]); seg == "pull" || seg == "pulls" {
+						if number == 0 {
+							number, _ = strconv.ParseInt(string(t[i1+1:]), 10, 64)
+						}
+						repo = append(append(append(buf[:0], host...), '/'), t[:i2]...)
+					}
 				}
-				repo = u.Host + "/" + strings.Join(parts[:n-2], "/")
 			}
 		}
 	}
 	if number == 0 {
-		return "", 0, ""
+		return nil, 0
 	}
-	if repo == "" {
+	if len(repo) == 0 {
 		switch {
 		case len(r.repo) > 0:
-			repo = string(r.repo)
+			repo = r.repo
 		case len(r.target) > 0:
-			repo = string(r.target)
+			repo = r.target
 		default:
-			return "", 0, ""
+			return nil, 0
 		}
 	}
-	return repo, number, "https://" + repo + "/pull/" + strconv.FormatInt(number, 10)
+	return repo, number
 }
+
+// derivedPullURL is the URL a pull request's repository and number imply.
+func derivedPullURL(repo string, number int64) string {
+	return "https://" + repo + "/pull/" + strconv.FormatInt(number, 10)
+}
+
+// urlHostPath is the host and the (unescaped) path of a URL, as url.Parse
+// reads them. A plain http(s) URL of letters, digits and -._~/ (what a
+// forge's pull request URL is) is split without parsing it, which reads it
+// the same way; anything else goes to url.Parse.
+func urlHostPath(b []byte) (host, path []byte, ok bool) {
+	rest, plain := bytes.CutPrefix(b, []byte("https://"))
+	if !plain {
+		rest, plain = bytes.CutPrefix(b, []byte("http://"))
+	}
+	for _, c := range rest {
+		if !plain {
+			break
+		}
+		plain = plainURLByte[c]
+	}
+	if plain {
+		if i := bytes.IndexByte(rest, '/'); i >= 0 {
+			return rest[:i], rest[i:], true
+		}
+		return rest, nil, true
+	}
+	u, err := url.Parse(string(b))
+	if err != nil {
+		return nil, nil, false
+	}
+	return []byte(u.Host), []byte(u.Path), true
+}
+
+// plainURLByte reports the bytes a URL's host and path may hold that
+// url.Parse neither unescapes nor rejects, nor treats as a delimiter
+// (other than '/').
+var plainURLByte = func() (t [256]bool) {
+	for c := range t {
+		t[c] = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == '~' || c == '/'
+	}
+	return t
+}()
 
 func (g *Graph) fail(a *attempt, r *record, typ, stage, kind sym, summary string) {
 	f := &failure{attempt: a, seq: r.seq, ts: r.ts, typ: typ, stage: stage, kind: kind, summary: summary}

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -72,7 +73,10 @@ func (c *Config) setDefaults() {
 // needs no acks or server-side state for that. On start it loads the
 // snapshot from the Object Store and resumes after the snapshot's
 // sequence; without one (or with one of another format version, or of a
-// stream since made again) it replays the stream from the start.
+// stream since made again) it replays the stream from the start. Up to the
+// stream's last sequence at start, it catches up with batched direct gets
+// when the stream allows them (catchup.go), and tails the stream with the
+// ordered consumer from there.
 type Projector struct {
 	res     *stage.Resources
 	cfg     Config
@@ -84,12 +88,13 @@ type Projector struct {
 	ready    atomic.Bool
 	lastSnap atomic.Uint64 // sequence of the last snapshot stored or loaded
 	snapNow  chan struct{}
+	replay   replayTuning // the catch-up with direct gets (catchup.go)
 }
 
 // New returns a projector over an empty graph.
 func New(res *stage.Resources, cfg Config) *Projector {
 	cfg.setDefaults()
-	p := &Projector{res: res, cfg: cfg, logger: cfg.Logger, snapNow: make(chan struct{}, 1)}
+	p := &Projector{res: res, cfg: cfg, logger: cfg.Logger, snapNow: make(chan struct{}, 1), replay: defaultReplay}
 	p.graph.Store(NewGraph())
 	p.metrics = newMetrics(cfg.Registerer, p)
 	return p
@@ -155,6 +160,42 @@ func (p *Projector) run(ctx context.Context) error {
 		p.ready.Store(true)
 	}
 
+	p.Graph().reserve(int(info.State.Msgs))
+	stopSnapshots := func() {}
+	if obs != nil {
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			p.snapshotLoop(sctx, obs, created)
+		}()
+		stopSnapshots = func() {
+			cancel()
+			<-done
+		}
+	}
+	if start <= info.State.LastSeq && p.canCatchUp(info) {
+		start = p.catchUp(ctx, info.Config.Name, start, info.State.LastSeq)
+	}
+	if ctx.Err() == nil {
+		err = p.tail(ctx, start)
+	}
+	stopSnapshots()
+	if err != nil {
+		return err
+	}
+	if obs != nil && p.Applied() > p.lastSnap.Load() {
+		// The run's context is over; the last snapshot gets its own time.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		p.saveSnapshot(sctx, obs, created)
+	}
+	return nil
+}
+
+// tail applies the stream from sequence start with an ordered consumer
+// until ctx is done.
+func (p *Projector) tail(ctx context.Context, start uint64) error {
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.StreamSubjects}}
 	if start > 1 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
@@ -163,7 +204,6 @@ func (p *Projector) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("projector: consumer: %w", err)
 	}
-	p.Graph().reserve(int(info.State.Msgs))
 	q := newQueue(8192)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -184,25 +224,11 @@ func (p *Projector) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("projector: consume: %w", err)
 	}
-
-	if obs != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.snapshotLoop(ctx, obs, created)
-		}()
-	}
 	<-ctx.Done()
 	cc.Stop()
 	q.close() // a receive blocked on a full queue returns
 	<-cc.Closed()
 	wg.Wait()
-	if obs != nil && p.Applied() > p.lastSnap.Load() {
-		// The run's context is over; the last snapshot gets its own time.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		p.saveSnapshot(sctx, obs, created)
-	}
 	return nil
 }
 
@@ -214,6 +240,8 @@ func (p *Projector) run(ctx context.Context) error {
 // item is one received message, decoded.
 type item struct {
 	rec     record
+	uid     uuid.UUID // rec.id parsed (parseUUID), when isUUID
+	isUUID  bool
 	pending uint64 // messages in the stream after this one
 	err     error  // not an event
 	subject string // for the log line when err is set
@@ -231,6 +259,7 @@ func (p *Projector) receive(q *queue) func(jetstream.Msg) {
 		if err := decodeMessage(msg.Subject(), msg.Data(), md.Timestamp, &it.rec); err != nil {
 			it.err, it.subject = err, msg.Subject()
 		}
+		it.uid, it.isUUID = parseUUID(it.rec.id)
 		q.push(&it)
 	}
 }
@@ -275,14 +304,20 @@ func (p *Projector) applyItems(items []item) {
 	p.metrics.lag.Set(float64(last.pending))
 	p.metrics.seq.Set(float64(seq))
 	if !p.ready.Load() && (seq >= p.target.Load() || last.pending == 0) {
-		p.ready.Store(true)
-		p.logger.Info("projector: caught up", "seq", seq)
+		p.markReady(seq)
 	}
 	if p.ready.Load() && seq-p.lastSnap.Load() >= p.cfg.SnapshotEvery {
 		select {
 		case p.snapNow <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// markReady notes that the projector has caught up (through seq).
+func (p *Projector) markReady(seq uint64) {
+	if !p.ready.Swap(true) {
+		p.logger.Info("projector: caught up", "seq", seq)
 	}
 }
 

@@ -79,10 +79,18 @@ type running struct {
 
 func startProjector(t *testing.T, res *stage.Resources, cfg Config) *running {
 	t.Helper()
-	cfg.Logger = quiet()
+	return startProjectorWith(t, res, cfg, quiet(), defaultReplay)
+}
+
+// startProjectorWith starts a projector that logs to logger and catches
+// up as tune says.
+func startProjectorWith(t *testing.T, res *stage.Resources, cfg Config, logger *slog.Logger, tune replayTuning) *running {
+	t.Helper()
+	cfg.Logger = logger
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	p := New(res, cfg)
+	p.replay = tune
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	api := NewAPI(p, APIConfig{Token: testToken, Logger: quiet(), Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})})
@@ -123,6 +131,16 @@ func (r *running) waitCaughtUp(t *testing.T, res *stage.Resources) {
 	defer cancel()
 	if err := r.p.WaitApplied(ctx, info.State.LastSeq); err != nil {
 		t.Fatalf("applied %d of %d: %v", r.p.Applied(), info.State.LastSeq, err)
+	}
+}
+
+// waitApplied waits until the projector has applied the message at seq.
+func (r *running) waitApplied(t *testing.T, seq uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.p.WaitApplied(ctx, seq); err != nil {
+		t.Fatalf("applied %d of %d: %v", r.p.Applied(), seq, err)
 	}
 }
 

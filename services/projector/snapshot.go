@@ -150,10 +150,7 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 		w.uint(uint64(e.target))
 		w.str(e.attempt)
 	}
-	ids := make([]uuid.UUID, 0, len(g.seen))
-	for id := range g.seen {
-		ids = append(ids, id)
-	}
+	ids := g.seen.appendTo(make([]uuid.UUID, 0, g.seen.len()))
 	other := make([]string, 0, len(g.seenOther))
 	for id := range g.seenOther {
 		other = append(other, id)
@@ -336,10 +333,11 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 		g.ring[i] = e
 	}
 	n = r.count(16)
+	g.seen.reserve(n)
 	for i := 0; i < n && r.err == nil; i++ {
 		var id uuid.UUID
 		copy(id[:], r.bytes(16))
-		g.seen[id] = struct{}{}
+		g.seen.add(id)
 	}
 	n = r.count(1)
 	for i := 0; i < n && r.err == nil; i++ {

@@ -71,6 +71,8 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) (*R
 		MaxAge:      cfg.MaxAge,
 		Duplicates:  cfg.Duplicates,
 		Replicas:    cfg.Replicas,
+		// Direct gets let the projector catch up with batched reads.
+		AllowDirect: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamName, err)
