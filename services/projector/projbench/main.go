@@ -19,19 +19,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -42,6 +39,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/leviathan-dev/leviathan/services/internal/benchresults"
 	"github.com/leviathan-dev/leviathan/services/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/projector"
 	"github.com/leviathan-dev/leviathan/services/projector/internal/eventgen"
@@ -209,7 +207,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	check(fmt.Sprintf("summary p99 ≤ %.0f ms", targetSummaryP99ms), r.SummaryP99ms <= targetSummaryP99ms, fmt.Sprintf("%.3f ms", r.SummaryP99ms))
 	check(fmt.Sprintf("≤ %d bytes per attempt", targetBytesPerAttempt), r.BytesPerAttempt <= targetBytesPerAttempt, fmt.Sprintf("%.0f", r.BytesPerAttempt))
 
-	if err := writeResults(*out, "projector", r); err != nil {
+	if err := benchresults.Write(*out, "projector", r); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote the projector key of %s\n", *out)
@@ -296,52 +294,4 @@ func heap() uint64 {
 	}
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
-}
-
-// writeResults sets key in the results file at path, atomically (a temp
-// file renamed over it), keeping the other benchmarks' keys.
-func writeResults(path, key string, value any) error {
-	doc := map[string]json.RawMessage{}
-	existing, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return err
-	case len(existing) > 0:
-		if err := json.Unmarshal(existing, &doc); err != nil {
-			return fmt.Errorf("%s is not a JSON object: %w", path, err)
-		}
-		if doc == nil {
-			doc = map[string]json.RawMessage{}
-		}
-	}
-	v, err := json.Marshal(value)
-	if err != nil {
-		return err
-	}
-	doc[key] = v
-	data, err := json.MarshalIndent(doc, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".results-*.json")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/leviathan-dev/leviathan/services/internal/benchresults"
 	"github.com/leviathan-dev/leviathan/services/internal/gitx"
 )
 
@@ -237,7 +238,7 @@ func runBench(ctx context.Context, cfg *config, stdout io.Writer) error {
 	printTargets(stdout, results)
 
 	if cfg.out != "-" {
-		if err := writeResults(cfg.out, "git", results); err != nil {
+		if err := benchresults.Write(cfg.out, "git", results); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "\nwrote %s (key \"git\")\n", cfg.out)

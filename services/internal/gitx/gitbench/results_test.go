@@ -2,14 +2,13 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/services/backlogedit"
+	"github.com/leviathan-dev/leviathan/services/internal/benchresults"
 )
 
 func TestMedianAndP95(t *testing.T) {
@@ -55,7 +54,7 @@ func TestSummarize(t *testing.T) {
 
 func TestMergeResultsKeepsOtherKeys(t *testing.T) {
 	existing := []byte(`{"projector": {"x": [1, 2]}, "git": {"old": {}}}`)
-	out, err := mergeResults(existing, "git", gitResults{"large": {"minimal": {MedianS: 0.08, BytesDown: 2000}}})
+	out, err := benchresults.Merge(existing, "git", gitResults{"large": {"minimal": {MedianS: 0.08, BytesDown: 2000}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,42 +74,6 @@ func TestMergeResultsKeepsOtherKeys(t *testing.T) {
 		if _, ok := m[k]; !ok {
 			t.Errorf("result lacks %q: %v", k, m)
 		}
-	}
-}
-
-func TestMergeResultsEmptyAndInvalid(t *testing.T) {
-	for _, existing := range []string{"", "null"} {
-		out, err := mergeResults([]byte(existing), "git", gitResults{})
-		if err != nil || !strings.Contains(string(out), `"git": {}`) {
-			t.Errorf("mergeResults(%q) = %s, %v", existing, out, err)
-		}
-	}
-	if _, err := mergeResults([]byte("[1]"), "git", gitResults{}); err == nil {
-		t.Error("a non-object results file was overwritten")
-	}
-}
-
-func TestWriteResults(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "bench", "results.json")
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(`{"other": 1}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := writeResults(path, "git", gitResults{}); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(b), `"other": 1`) || !strings.Contains(string(b), `"git": {}`) {
-		t.Errorf("results file: %s", b)
-	}
-	left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".results-*"))
-	if len(left) > 0 {
-		t.Errorf("temporary files left: %v", left)
 	}
 }
 
