@@ -32,6 +32,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -80,77 +82,73 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	n := fset.Int("events", 1_000_000, "events in the stream")
 	requests := fset.Int("requests", 10_000, "summary requests timed")
 	out := fset.String("results", "bench/results.json", "results file (the projector key is replaced)")
-	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile of the replay to this file")
+	replays := fset.Int("replays", 3, "replays timed, each after a NATS server restart; the median is reported")
+	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile of the last replay to this file")
 	if err := fset.Parse(args); err != nil {
 		return err
+	}
+	if *replays < 1 {
+		return errors.New("-replays must be at least 1")
 	}
 	dir, err := os.MkdirTemp("", "projbench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-		StoreDir: dir, NoLog: true, NoSigs: true, JetStreamMaxMemory: 1 << 30})
-	if err != nil {
-		return err
-	}
-	ns.Start()
-	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return errors.New("nats server not ready")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	res, err := stage.Ensure(ctx, js, stage.ResourceConfig{})
-	if err != nil {
-		return err
-	}
 
+	st, err := startStack(ctx, dir)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "filling the stream with %d events (%d attempts' worth, realistic payloads)...\n", *n, *n/8)
 	start := time.Now()
-	next, bytes, err := fill(ctx, js, *n)
+	next, bytes, err := fill(ctx, st.js, *n)
 	if err != nil {
+		st.stop()
 		return err
 	}
 	fmt.Fprintf(stdout, "  %d events, %.0f MB, in %v\n", *n, float64(bytes)/1e6, time.Since(start).Round(time.Millisecond))
+	st.stop()
 
 	r := results{Events: *n}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p := projector.New(res, projector.Config{Logger: logger, NoSnapshots: true})
-	info, err := res.Stream.Info(ctx)
-	if err != nil {
-		return err
-	}
-	runtime.GC()
-	pctx, stopProjector := context.WithCancel(ctx)
-	defer stopProjector()
-	done := make(chan error, 1)
-	start = time.Now()
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	// Every replay starts a new NATS server on the filled store, as after a
+	// restart: none of the stream's blocks is cached in memory (the page
+	// cache may hold the files, as it would on a server that has run a
+	// while). The last replay's graph is kept for the measures after it.
+	var (
+		rates []float64
+		p     *projector.Projector
+		stopP func() error
+	)
+	for i := range *replays {
+		if st, err = startStack(ctx, dir); err != nil {
+			return err
+		}
+		profile := ""
+		if i == *replays-1 {
+			profile = *cpuProfile
+		}
+		rp, stop, rate, err := replay(ctx, st, logger, profile, stdout)
 		if err != nil {
+			st.stop()
 			return err
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+		rates = append(rates, rate)
+		if i < *replays-1 {
+			err = stop()
+			st.stop()
+			if err != nil {
+				return err
+			}
+			continue
 		}
+		p, stopP = rp, stop
 	}
-	go func() { done <- p.Run(pctx) }()
-	if err := p.WaitApplied(ctx, info.State.LastSeq); err != nil {
-		return err
-	}
-	replay := time.Since(start)
-	pprof.StopCPUProfile()
-	r.ReplayEventsPerS = math.Round(float64(*n) / replay.Seconds())
-	fmt.Fprintf(stdout, "replay: %d events in %v = %.0f events/s (from sequence 1: direct gets, decode, apply in order)\n",
-		*n, replay.Round(time.Millisecond), r.ReplayEventsPerS)
+	defer st.stop()
+	r.ReplayEventsPerS = median(rates)
+	fmt.Fprintf(stdout, "replay: median of %d runs %.0f events/s (slowest %.0f, fastest %.0f)\n",
+		len(rates), r.ReplayEventsPerS, slices.Min(rates), slices.Max(rates))
 
 	g := p.Graph()
 	api := projector.NewAPI(p, projector.APIConfig{Token: "bench-token", Logger: logger})
@@ -178,13 +176,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		float64(r.snapshotBytes)/1e6, r.snapshotDecodeDur.Round(time.Millisecond))
 
 	// Memory: everything but the graph goes, then the graph.
-	stopProjector()
-	if err := <-done; err != nil {
+	if err := stopP(); err != nil {
 		return err
 	}
-	nc.Close()
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	st.stop()
 	counts := g.Counts()
 	r.attempts = counts.Attempts
 	with := heap()
@@ -212,6 +207,148 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "wrote the projector key of %s\n", *out)
 	return nil
+}
+
+// stack is an embedded NATS server with JetStream on a store directory,
+// connected, with Leviathan's streams and buckets.
+type stack struct {
+	ns  *server.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	res *stage.Resources
+}
+
+func startStack(ctx context.Context, dir string) (*stack, error) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+		StoreDir: dir, NoLog: true, NoSigs: true, JetStreamMaxMemory: 1 << 30})
+	if err != nil {
+		return nil, err
+	}
+	ns.Start()
+	st := &stack{ns: ns}
+	if !ns.ReadyForConnections(time.Minute) {
+		st.stop()
+		return nil, errors.New("nats server not ready")
+	}
+	if st.nc, err = nats.Connect(ns.ClientURL()); err != nil {
+		st.stop()
+		return nil, err
+	}
+	if st.js, err = jetstream.New(st.nc); err != nil {
+		st.stop()
+		return nil, err
+	}
+	if st.res, err = stage.Ensure(ctx, st.js, stage.ResourceConfig{}); err != nil {
+		st.stop()
+		return nil, err
+	}
+	return st, nil
+}
+
+// stop closes the connection and shuts the server down; it can be called
+// more than once.
+func (st *stack) stop() {
+	if st.nc != nil {
+		st.nc.Close()
+	}
+	st.ns.Shutdown()
+	st.ns.WaitForShutdown()
+}
+
+// replay times a new projector (without snapshots) from its start until
+// it has applied the stream's last sequence, and prints what it took. It
+// returns the projector, still running, and how to stop it.
+func replay(ctx context.Context, st *stack, logger *slog.Logger, cpuProfile string, stdout io.Writer) (*projector.Projector, func() error, float64, error) {
+	info, err := st.res.Stream.Info(ctx)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	n := info.State.Msgs
+	p := projector.New(st.res, projector.Config{Logger: logger, NoSnapshots: true})
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	stop := func() error {
+		cancel()
+		return <-done
+	}
+	runtime.GC()
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			cancel()
+			return nil, nil, 0, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			cancel()
+			return nil, nil, 0, err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	cpuBefore := readCPU()
+	start := time.Now()
+	go func() { done <- p.Run(pctx) }()
+	if err := p.WaitApplied(ctx, info.State.LastSeq); err != nil {
+		_ = stop()
+		return nil, nil, 0, err
+	}
+	took := time.Since(start)
+	cpu := readCPU().since(cpuBefore)
+	runtime.ReadMemStats(&after)
+	rate := math.Round(float64(n) / took.Seconds())
+	fmt.Fprintf(stdout, "replay: %d events in %v = %.0f events/s (GC: %d cycles, %.0f MB allocated; machine: %s)\n",
+		n, took.Round(time.Millisecond), rate, after.NumGC-before.NumGC,
+		float64(after.TotalAlloc-before.TotalAlloc)/1e6, cpu)
+	return p, stop, rate, nil
+}
+
+// cpuTimes is the machine's aggregate line of /proc/stat, in clock ticks
+// (zero where it cannot be read).
+type cpuTimes struct{ busy, idle, steal uint64 }
+
+func readCPU() cpuTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return cpuTimes{}
+	}
+	var t cpuTimes
+	for i, v := range f[1:9] {
+		x, _ := strconv.ParseUint(v, 10, 64)
+		switch i {
+		case 3, 4: // idle, iowait
+			t.idle += x
+		case 7:
+			t.steal += x
+		default:
+			t.busy += x
+		}
+	}
+	return t
+}
+
+// since describes the machine's CPU from a to t: busy and stolen (by the
+// hypervisor for other guests) shares of all cores' time.
+func (t cpuTimes) since(a cpuTimes) string {
+	total := float64((t.busy + t.idle + t.steal) - (a.busy + a.idle + a.steal))
+	if total == 0 {
+		return "CPU unknown"
+	}
+	return fmt.Sprintf("%.0f%% busy, %.0f%% stolen", 100*float64(t.busy-a.busy)/total, 100*float64(t.steal-a.steal)/total)
+}
+
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return math.Round((s[len(s)/2-1] + s[len(s)/2]) / 2)
 }
 
 // fill publishes n events, attempt after attempt, as the services do (each
