@@ -4,7 +4,7 @@ BIN     ?= bin/leviathan
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/leviathan-dev/leviathan/services/app.Version=0.1.0-$(VERSION)
 
-.PHONY: all build demo dev test test-short lint fuzz clean
+.PHONY: all build demo dev test test-deps test-short lint fuzz clean
 
 all: build
 
@@ -20,9 +20,13 @@ dev:
 	$(GO) run ./cmd/leviathan dev
 
 # The test command of the README and of CI: formatting, vet, and every test of
-# both modules with the race detector.
-test: lint
+# both modules with the race detector. test-deps installs git and Chromium
+# first when they are missing (apt-get; see .ci/test-deps).
+test: test-deps lint
 	$(GO) test -race -count=1 -timeout 20m ./... ./tests/...
+
+test-deps:
+	@bash .ci/test-deps
 
 test-short:
 	$(GO) test -count=1 ./...

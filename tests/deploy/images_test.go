@@ -18,8 +18,9 @@ import (
 	dc "github.com/ory/dockertest/v3/docker"
 )
 
-// dockerPool connects to the local Docker engine, or skips the test when
-// there is none (CI has one: there a skip is a broken set-up).
+// dockerPool connects to the local Docker engine. Without one the test
+// fails (a skip would hide a broken set-up), unless LEVIATHAN_SKIP_DOCKER=1
+// says to skip it on purpose.
 func dockerPool(t *testing.T) *dockertest.Pool {
 	t.Helper()
 	pool, err := dockertest.NewPool("")
@@ -27,7 +28,10 @@ func dockerPool(t *testing.T) *dockertest.Pool {
 		err = pool.Client.Ping()
 	}
 	if err != nil {
-		t.Skipf("Docker is not available: %v", err)
+		if os.Getenv("LEVIATHAN_SKIP_DOCKER") == "1" {
+			t.Skipf("Docker is not available (%v) and LEVIATHAN_SKIP_DOCKER=1", err)
+		}
+		t.Fatalf("Docker is not available: %v; start the Docker engine, or set LEVIATHAN_SKIP_DOCKER=1 to skip the container tests", err)
 	}
 	return pool
 }
