@@ -32,7 +32,7 @@ func startTestStack(t *testing.T, tune func(*stage.Config)) *Stack {
 func startTestStackWith(t *testing.T, cfg StackConfig, tune func(*stage.Config)) *Stack {
 	t.Helper()
 	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
+		t.Fatal("git is not installed: Leviathan needs it (make test installs it with apt-get)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -20,7 +20,7 @@ const testToken = "s3cret-token"
 func requireGit(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed:", err)
+		t.Fatal("git is not installed (make test installs it with apt-get):", err)
 	}
 }
 

@@ -36,7 +36,7 @@ type testForge struct {
 func startForge(t *testing.T, wrap func(http.Handler) http.Handler) *testForge {
 	t.Helper()
 	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed:", err)
+		t.Fatal("git is not installed (make test installs it with apt-get):", err)
 	}
 	f, err := localforge.New(localforge.Config{Dir: t.TempDir(), Token: testToken})
 	if err != nil {
