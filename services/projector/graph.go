@@ -84,7 +84,16 @@ type Graph struct {
 	// summary caches the JSON of the summary for the state at summaryAt.
 	summary   []byte
 	summaryAt uint64
+
+	// onStage, while applyAll runs with one, is told of every stage an
+	// applied event ends (stageEnd).
+	onStage stageFunc
 }
+
+// stageFunc is told that an applied event ended stage of an attempt with
+// outcome (ok, failed, rejected); took is the time from the event that
+// started the stage to this one, by their timestamps, when known.
+type stageFunc func(stage, outcome string, took time.Duration, known bool)
 
 // sym is an interned string; 0 is "".
 type sym uint32
@@ -251,10 +260,13 @@ func (g *Graph) Seq() uint64 {
 
 // applyAll projects decoded messages in order under one lock; messages
 // that were not events only advance the sequence. It returns how many
-// events were new and how many duplicates.
-func (g *Graph) applyAll(items []item) (applied, duplicates int) {
+// events were new and how many duplicates. onStage (may be nil) is told
+// of the stages the new events end.
+func (g *Graph) applyAll(items []item, onStage stageFunc) (applied, duplicates int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.onStage = onStage
+	defer func() { g.onStage = nil }()
 	g.seen.touch(items)
 	for i := range items {
 		it := &items[i]
@@ -322,7 +334,73 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 		a.created = r.ts
 	}
 	g.project(a, events.Type(r.typ), tgt, typ, r)
+	if g.onStage != nil {
+		g.stageEnd(a, events.Type(r.typ), r)
+	}
 	return true
+}
+
+// Leviathan's stages and the event that starts each.
+var stageInputs = map[string]events.Type{
+	"clone": events.AttemptRequested, "backlog-edit": events.RepoFetched,
+	"push": events.BacklogEdited, "pr": events.BranchPushed,
+}
+
+// stageEnd tells onStage which stage the attempt's newest event (type t,
+// already its last step) ends, if any, and how long the stage took: from
+// the latest earlier event of the type that starts it. A failure in a
+// stage Leviathan does not have (the Python worker's) counts as "other".
+func (g *Graph) stageEnd(a *attempt, t events.Type, r *record) {
+	var stage, outcome string
+	switch t {
+	case events.RepoFetched:
+		stage, outcome = "clone", "ok"
+	case events.BacklogEdited, events.BacklogUnchanged:
+		stage, outcome = "backlog-edit", "ok"
+	case events.BranchPushed:
+		stage, outcome = "push", "ok"
+	case events.PRCreated:
+		stage, outcome = "pr", "ok"
+	case events.AttemptRejected:
+		stage, outcome = "clone", "rejected"
+	case events.AttemptFailed:
+		stage, outcome = string(r.stage), "failed"
+	default:
+		return
+	}
+	input, ok := stageInputs[stage]
+	if !ok {
+		g.onStage("other", outcome, 0, false)
+		return
+	}
+	in, ok := g.syms.ids[string(input)]
+	for i := len(a.steps) - 2; ok && i >= 0; i-- {
+		if a.steps[i].typ == in {
+			took := time.Duration(r.ts - a.steps[i].ts)
+			g.onStage(stage, outcome, took, took >= 0)
+			return
+		}
+	}
+	g.onStage(stage, outcome, 0, false)
+}
+
+// attemptsByStatus counts the attempts by status.
+func (g *Graph) attemptsByStatus() map[string]int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	counts := map[sym]int{}
+	for _, a := range g.records {
+		counts[a.status]++
+	}
+	out := make(map[string]int, len(counts))
+	for st, n := range counts {
+		name := g.syms.str(st)
+		if name == "" {
+			name = "unknown"
+		}
+		out[name] += n
+	}
+	return out
 }
 
 // duplicate reports whether id (u when isUUID, its parsed form) was

@@ -1,6 +1,8 @@
 package projector
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -14,6 +16,18 @@ type metrics struct {
 	seq           prometheus.Gauge
 	snapshots     *prometheus.CounterVec
 	snapshotBytes prometheus.Gauge
+	// Stages ended by events applied once ready (a replay at start does
+	// not count history again after every restart).
+	stages       *prometheus.CounterVec
+	stageSeconds *prometheus.HistogramVec
+}
+
+// stageEnded counts a stage that ended and observes how long it took.
+func (m *metrics) stageEnded(stage, outcome string, took time.Duration, known bool) {
+	m.stages.WithLabelValues(stage, outcome).Inc()
+	if known {
+		m.stageSeconds.WithLabelValues(stage, outcome).Observe(took.Seconds())
+	}
 }
 
 func newMetrics(reg prometheus.Registerer, p *Projector) *metrics {
@@ -46,9 +60,19 @@ func newMetrics(reg prometheus.Registerer, p *Projector) *metrics {
 			Name: "leviathan_projector_snapshot_bytes",
 			Help: "Size of the last graph snapshot stored.",
 		}),
+		stages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leviathan_projector_stage_attempts_total",
+			Help: "Attempts that ended a stage (clone, backlog-edit, push, pr; other for stages Leviathan does not have), by outcome (ok, failed, rejected), in events applied since the projector was ready.",
+		}, []string{"stage", "outcome"}),
+		stageSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "leviathan_projector_stage_duration_seconds",
+			Help:    "Time an attempt spent in a stage, from the event that started it to the one that ended it (event timestamps), in events applied since the projector was ready.",
+			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
+		}, []string{"stage", "outcome"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.applied, m.duplicates, m.undecodable, m.lag, m.seq, m.snapshots, m.snapshotBytes,
+			m.stages, m.stageSeconds,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "leviathan_projector_ready",
 				Help: "1 once the projector has caught up with the stream it found at start.",
@@ -67,17 +91,23 @@ func newMetrics(reg prometheus.Registerer, p *Projector) *metrics {
 type sizeCollector struct{ p *Projector }
 
 var (
-	nodesDesc = prometheus.NewDesc("leviathan_projector_nodes", "Nodes of the graph, by type.", []string{"type"}, nil)
-	edgesDesc = prometheus.NewDesc("leviathan_projector_edges", "Edges of the graph, by type.", []string{"type"}, nil)
+	attemptsDesc = prometheus.NewDesc("leviathan_projector_attempts", "Attempts in the graph, by status.", []string{"status"}, nil)
+	nodesDesc    = prometheus.NewDesc("leviathan_projector_nodes", "Nodes of the graph, by type.", []string{"type"}, nil)
+	edgesDesc    = prometheus.NewDesc("leviathan_projector_edges", "Edges of the graph, by type.", []string{"type"}, nil)
 )
 
 func (c *sizeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- attemptsDesc
 	ch <- nodesDesc
 	ch <- edgesDesc
 }
 
 func (c *sizeCollector) Collect(ch chan<- prometheus.Metric) {
-	n := c.p.Graph().Counts()
+	g := c.p.Graph()
+	for status, v := range g.attemptsByStatus() {
+		ch <- prometheus.MustNewConstMetric(attemptsDesc, prometheus.GaugeValue, float64(v), status)
+	}
+	n := g.Counts()
 	for typ, v := range map[string]int{
 		NodeTarget: n.Targets, NodeTask: n.Tasks, NodeAttempt: n.Attempts, NodeCommit: n.Commits, NodePullRequest: n.PullRequests,
 	} {

@@ -290,7 +290,11 @@ func (p *Projector) applyLoop(q *queue) {
 
 func (p *Projector) applyItems(items []item) {
 	g := p.Graph()
-	applied, dups := g.applyAll(items)
+	var onStage stageFunc
+	if p.ready.Load() {
+		onStage = p.metrics.stageEnded
+	}
+	applied, dups := g.applyAll(items, onStage)
 	p.metrics.applied.Add(float64(applied))
 	p.metrics.duplicates.Add(float64(dups))
 	for i := range items {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -353,5 +355,70 @@ func TestSnapshotTakenWhileRunning(t *testing.T) {
 			t.Fatal("no snapshot after 100 events")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestStageMetrics checks the per-stage counts and durations of /metrics:
+// stages ended by events applied once the projector is ready (not the
+// history it replays at start), with durations from the events'
+// timestamps (eventgen spaces an attempt's events 137 ms apart), and the
+// attempts by status of the whole graph.
+func TestStageMetrics(t *testing.T) {
+	res := setupStream(t)
+	publish(t, res, eventgen.Attempt(0, eventgen.Succeeded)) // history
+	r := startProjector(t, res, Config{NoSnapshots: true})
+	r.waitCaughtUp(t, res)
+	var live []events.Envelope
+	for i, o := range []eventgen.Outcome{eventgen.Succeeded, eventgen.Failed, eventgen.Rejected, eventgen.Unchanged} {
+		live = append(live, eventgen.Attempt(i+1, o)...)
+	}
+	publish(t, res, live)
+	r.waitCaughtUp(t, res)
+
+	families, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type key struct{ stage, outcome string }
+	counts, hist := map[key]float64{}, map[key][2]float64{}
+	status := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			l := map[string]string{}
+			for _, p := range m.GetLabel() {
+				l[p.GetName()] = p.GetValue()
+			}
+			k := key{l["stage"], l["outcome"]}
+			switch f.GetName() {
+			case "leviathan_projector_stage_attempts_total":
+				counts[k] = m.GetCounter().GetValue()
+			case "leviathan_projector_stage_duration_seconds":
+				h := m.GetHistogram()
+				hist[k] = [2]float64{float64(h.GetSampleCount()), h.GetSampleSum()}
+			case "leviathan_projector_attempts":
+				status[l["status"]] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	step := 0.137
+	want := map[key][2]float64{ // count, total seconds
+		{"clone", "ok"}:        {3, 3 * 3 * step}, // requested, created, started, fetched
+		{"clone", "rejected"}:  {1, step},
+		{"backlog-edit", "ok"}: {3, 3 * step},
+		{"push", "ok"}:         {1, step},
+		{"push", "failed"}:     {1, step},
+		{"pr", "ok"}:           {1, step},
+	}
+	if len(counts) != len(want) || len(hist) != len(want) {
+		t.Errorf("stage counts %v, durations %v; want %v", counts, hist, want)
+	}
+	for k, w := range want {
+		h := hist[k]
+		if counts[k] != w[0] || h[0] != w[0] || math.Abs(h[1]-w[1]) > 1e-9 {
+			t.Errorf("%v: count %v, durations %v; want %v", k, counts[k], h, w)
+		}
+	}
+	if want := map[string]float64{"succeeded": 3, "failed": 1, "rejected": 1}; !maps.Equal(status, want) {
+		t.Errorf("attempts by status %v, want %v", status, want)
 	}
 }
