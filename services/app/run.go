@@ -21,7 +21,9 @@ type ServiceConfig struct {
 	Name     string // one of ServiceNames
 	NATSURL  string
 	HTTPAddr string // /healthz and /readyz; the projector serves its API here
-	Replicas int    // of the stream and buckets (1 dev, 3 prod)
+	// Listener, when set, is used instead of listening on HTTPAddr.
+	Listener net.Listener
+	Replicas int // of the stream and buckets (1 dev, 3 prod)
 	// NATSOptions are extra connection options, such as credentials
 	// (nats.UserInfo); main builds them from the environment.
 	NATSOptions []nats.Option
@@ -62,9 +64,12 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return err
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return err
+		}
 	}
 	if cfg.Name == "localforge" {
 		return runLocalforge(ctx, cfg, ln)
@@ -114,10 +119,12 @@ func runLocalforge(ctx context.Context, cfg ServiceConfig, ln net.Listener) erro
 		ln.Close()
 		return err
 	}
-	// localforge serves /healthz itself; add /readyz and /metrics.
+	// The probes and /metrics answer as every other service's do.
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metricsHandler(reg))
-	mux.Handle("GET /readyz", healthHandler(func() bool { return true }, nil))
+	health := healthHandler(func() bool { return true }, metricsHandler(reg))
+	for _, path := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
+		mux.Handle(path, health)
+	}
 	mux.Handle("/", f.Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
