@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -90,6 +91,10 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("/v1/", a.auth(v1))
 
 	a.pageRoutes(mux)
+	// Anything else: the JSON 404 of the API, not Go's plain text.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeDetail(w, http.StatusNotFound, "Not Found")
+	})
 	return mux
 }
 
@@ -133,10 +138,13 @@ func (a *API) auth(next http.Handler) http.Handler {
 }
 
 // validToken compares in constant time, so the token cannot be learnt a
-// byte at a time from response times. An empty configured token matches
-// nothing.
+// byte at a time from response times; comparing SHA-256 digests, so the
+// time does not depend on the token's length either. An empty configured
+// token matches nothing.
 func (a *API) validToken(got string) bool {
-	return a.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(a.cfg.Token)) == 1
+	want := sha256.Sum256([]byte(a.cfg.Token))
+	have := sha256.Sum256([]byte(got))
+	return a.cfg.Token != "" && subtle.ConstantTimeCompare(have[:], want[:]) == 1
 }
 
 func (a *API) summary(w http.ResponseWriter, r *http.Request) {
@@ -251,6 +259,20 @@ func (a *API) invalidate(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Attempt %s not found", id))
 		return
 	}
+	// An attempt is invalidated once: asking again changes nothing and
+	// answers with the reason that stands. (The event id is a function of
+	// attempt and type, so JetStream drops a repeat within its duplicate
+	// window, and the graph ignores one after it.)
+	answer := func(reason string, already bool) {
+		writeJSON(w, http.StatusOK, map[string]any{
+			"status": "invalidated", "attempt_id": id, "invalidated": true,
+			"reason": reason, "already_invalidated": already,
+		})
+	}
+	if d.Item.Reason != "" { // invalidated before (a reason is never empty)
+		answer(d.Item.Reason, true)
+		return
+	}
 	ref := events.Ref{AttemptID: id, TaskID: d.Item.TaskID, TargetID: d.Item.Target}
 	env, err := events.New(events.AttemptInvalidated, a.p.cfg.Actor, ref, events.Invalidated{Ref: ref, Reason: *body.Reason}, time.Now())
 	if err != nil {
@@ -265,12 +287,14 @@ func (a *API) invalidate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.waitApplied(r.Context(), ack.Sequence)
-	// The event id is a function of (attempt, type): an attempt is
-	// invalidated once, and asking again changes nothing.
-	writeJSON(w, http.StatusOK, map[string]any{
-		"status": "invalidated", "attempt_id": id, "invalidated": true,
-		"reason": *body.Reason, "already_invalidated": ack.Duplicate,
-	})
+	reason := *body.Reason
+	if ack.Duplicate {
+		// Another request invalidated it a moment ago.
+		if d, ok := a.p.Graph().Attempt(id); ok && d.Item.Reason != "" {
+			reason = d.Item.Reason
+		}
+	}
+	answer(reason, ack.Duplicate)
 }
 
 // waitApplied waits, for a short while, until the projector has applied

@@ -55,7 +55,7 @@ func TestEveryRouteRequiresTheToken(t *testing.T) {
 		{"POST", "/v1/events/ingest"}, {"GET", "/v1/nothing"}, {"DELETE", "/v1/graph/summary"},
 	}
 	for _, rt := range routes {
-		for _, auth := range []string{"", "Bearer wrong", "Basic " + testToken, "Bearer ", testToken, "Bearer " + testToken + "x"} {
+		for _, auth := range []string{"", "Bearer wrong", "Basic " + testToken, "Bearer ", testToken, "Bearer " + testToken + "x", "Bearer " + testToken[:len(testToken)-1]} {
 			status, body, h := r.do(t, rt.method, rt.path, auth, `{}`)
 			if status != http.StatusUnauthorized || body["detail"] == nil || h.Get("WWW-Authenticate") == "" {
 				t.Errorf("%s %s with %q: %d %v", rt.method, rt.path, auth, status, body)
@@ -71,6 +71,9 @@ func TestEveryRouteRequiresTheToken(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != want {
 			t.Errorf("GET %s without a token: %d, want %d", path, resp.StatusCode, want)
+		}
+		if want == 404 && resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("GET %s: a 404 of type %q, want the API's JSON", path, resp.Header.Get("Content-Type"))
 		}
 	}
 	// The scheme is case-insensitive (RFC 9110), the token is not.
@@ -283,7 +286,8 @@ func TestIngestThePythonWorkersBundles(t *testing.T) {
 		last["actor_id"] != "user:control-plane" {
 		t.Fatalf("after invalidate: %v / %v", props, last)
 	}
-	if _, body, _ = r.do(t, "POST", "/v1/attempts/attempt-7/invalidate", bearer, `{"reason":"again"}`); body["already_invalidated"] != true {
+	// Asking again changes nothing and says which reason stands.
+	if _, body, _ = r.do(t, "POST", "/v1/attempts/attempt-7/invalidate", bearer, `{"reason":"again"}`); body["already_invalidated"] != true || body["reason"] != "wrong target" {
 		t.Fatalf("second invalidate: %v", body)
 	}
 }
