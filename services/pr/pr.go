@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -36,6 +37,16 @@ func StageConfig() stage.Config {
 
 // Title is the pull request title of PR Proof v1.
 func Title(req *events.Request) string { return "Leviathan: " + req.Task.Title }
+
+// The per-target lock of Handle: how long to wait for another replica's
+// turn before handing the message back to NATS, when to try again, and the
+// longest a turn may take (well below stage.LockTTL, after which a dead
+// holder's lock lapses).
+const (
+	lockWait  = 30 * time.Second
+	lockRetry = 10 * time.Second
+	lockHold  = 90 * time.Second
+)
 
 // adoptTask is returned by the guard when another attempt already has an
 // open pull request for the same task on the target: that PR is adopted
@@ -70,11 +81,24 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		return nil
 	}
 	title := Title(req)
+	// The guardrails look at the target's open pull requests, then a new
+	// one may be created: replicas would both look before either creates,
+	// so one at a time per target holds the lock from lookup to create.
+	unlock, err := s.res.Lock(ctx, "pr."+req.Target.Name, "attempt "+req.AttemptID, lockWait)
+	switch {
+	case errors.Is(err, stage.ErrLocked):
+		return stage.RetryAfter(lockRetry, err)
+	case err != nil:
+		return stage.Retry(err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, lockHold)
 	guard := func(ctx context.Context) error { return s.guard(ctx, req) }
-	pr, reused, err := forge.EnsurePR(ctx, s.driver, forge.PRRequest{
+	pr, reused, err := forge.EnsurePR(lctx, s.driver, forge.PRRequest{
 		RepoURL: req.Target.RepoURL, Base: req.Target.Branch, Head: pushed.BranchName,
 		Title: title, Body: Body(req, pushed.ChangedPaths), Draft: req.Draft,
 	}, guard)
+	cancel()
+	unlock()
 	branch, commit, note := pushed.BranchName, pushed.CommitSHA, ""
 	var adopt *adoptTask
 	switch {

@@ -18,6 +18,7 @@ const (
 	SnapshotBucket = "leviathan-snapshots"
 	AttemptsBucket = "leviathan-attempts"
 	ConfigBucket   = "leviathan-config"
+	LocksBucket    = "leviathan-locks"
 )
 
 // ResourceConfig sizes the shared resources. The zero value is a working
@@ -56,6 +57,7 @@ type Resources struct {
 	Snapshots jetstream.ObjectStore
 	Attempts  jetstream.KeyValue
 	Config    jetstream.KeyValue
+	Locks     jetstream.KeyValue
 }
 
 // Ensure creates or updates the shared resources. Every service calls it at
@@ -107,7 +109,17 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) (*R
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", ConfigBucket, err)
 	}
-	return &Resources{JS: js, Stream: st, Snapshots: snaps, Attempts: attempts, Config: conf}, nil
+	locks, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      LocksBucket,
+		Description: "leases that serialize work across replicas (Resources.Lock)",
+		TTL:         LockTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", LocksBucket, err)
+	}
+	return &Resources{JS: js, Stream: st, Snapshots: snaps, Attempts: attempts, Config: conf, Locks: locks}, nil
 }
 
 // ErrDuplicate is returned by Claim when another request already claimed

@@ -1,0 +1,107 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestLockIsExclusive: holders of one lock never overlap, whatever their
+// number; another name is another lock.
+func TestLockIsExclusive(t *testing.T) {
+	res, _ := setup(t)
+	ctx := context.Background()
+	var inside, overlaps, done atomic.Int32
+	var wg sync.WaitGroup
+	for g := range 6 {
+		wg.Go(func() {
+			for range 8 {
+				unlock, err := res.Lock(ctx, "target a", fmt.Sprint("worker ", g), 30*time.Second)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if inside.Add(1) > 1 {
+					overlaps.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+				inside.Add(-1)
+				done.Add(1)
+				unlock()
+			}
+		})
+	}
+	// Meanwhile another name is free.
+	unlock, err := res.Lock(ctx, "target b", "other", time.Second)
+	if err != nil {
+		t.Fatalf("another name waited for the first: %v", err)
+	}
+	unlock()
+	wg.Wait()
+	if overlaps.Load() != 0 || done.Load() != 48 {
+		t.Fatalf("%d overlaps, %d of 48 sections", overlaps.Load(), done.Load())
+	}
+}
+
+// TestLockWaitsThenGivesUp: a second holder waits, is told who holds the
+// lock when the wait runs out, and gets it once it is released.
+func TestLockWaitsThenGivesUp(t *testing.T) {
+	res, _ := setup(t)
+	ctx := context.Background()
+	unlock, err := res.Lock(ctx, "demo", "attempt a-1", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = res.Lock(ctx, "demo", "attempt a-2", 100*time.Millisecond)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "held by attempt a-1") || time.Since(start) < 100*time.Millisecond {
+		t.Fatalf("second holder after %v: %v", time.Since(start), err)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		unlock()
+	}()
+	unlock2, err := res.Lock(ctx, "demo", "attempt a-2", 5*time.Second)
+	if err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	unlock2()
+	unlock2() // twice is harmless
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := res.Lock(cctx, "demo", "x", time.Second); err == nil {
+		t.Fatal("a cancelled context took the lock")
+	}
+}
+
+// TestStaleUnlock: a holder whose lock expired (here: purged, as the
+// bucket's TTL would) does not release the next holder's lock.
+func TestStaleUnlock(t *testing.T) {
+	res, _ := setup(t)
+	ctx := context.Background()
+	stale, err := res.Lock(ctx, "demo", "slow holder", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := res.Locks.Keys(ctx)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("keys %v: %v", keys, err)
+	}
+	if err := res.Locks.Purge(ctx, keys[0]); err != nil {
+		t.Fatal(err)
+	}
+	next, err := res.Lock(ctx, "demo", "next holder", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale()
+	if _, err := res.Lock(ctx, "demo", "third", 50*time.Millisecond); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "next holder") {
+		t.Fatalf("the stale unlock released the next holder's lock: %v", err)
+	}
+	next()
+}
