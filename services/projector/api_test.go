@@ -250,8 +250,13 @@ func TestIngestThePythonWorkersBundles(t *testing.T) {
 		t.Fatalf("stored message: %v %v", err, msg)
 	}
 	status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bundles[2])
-	if status != 200 || body["ingested"].(float64) != 1 || body["duplicates"].(float64) != 1 {
+	if status != 200 || body["ingested"].(float64) != 1 || body["duplicates"].(float64) != 1 || body["artifacts_ignored"] != nil {
 		t.Fatalf("retry: %d %v", status, body)
+	}
+	// Artifacts in a bundle are not stored, and the answer says so.
+	withArtifacts := strings.Replace(bundles[2], `"artifacts": []`, `"artifacts": [{"artifact_id": "x"}, {"artifact_id": "y"}]`, 1)
+	if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, withArtifacts); status != 200 || body["artifacts_ignored"] != 2.0 {
+		t.Fatalf("bundle with artifacts: %d %v", status, body)
 	}
 
 	// Bad events reject the whole bundle, naming the event and field.

@@ -39,11 +39,15 @@ type IngestEvent struct {
 // IngestResponse is the answer to an ingest: ingested counts the bundle's
 // events now in the stream, duplicates those of them that were there
 // already (a retried bundle), so a retry answers the same ingested.
+// The graph's artifacts (commits, pull requests) come from the events, so
+// a bundle's artifacts are not stored: ArtifactsIgnored says how many
+// there were (the Python worker sends none).
 type IngestResponse struct {
-	Ingested   int    `json:"ingested"`
-	BundleID   string `json:"bundle_id"`
-	Status     string `json:"status"`
-	Duplicates int    `json:"duplicates"`
+	Ingested         int    `json:"ingested"`
+	BundleID         string `json:"bundle_id"`
+	Status           string `json:"status"`
+	Duplicates       int    `json:"duplicates"`
+	ArtifactsIgnored int    `json:"artifacts_ignored,omitempty"`
 }
 
 var (
@@ -89,7 +93,10 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 		}
 		futures = append(futures, f)
 	}
-	resp := IngestResponse{Ingested: len(envs), BundleID: b.BundleID, Status: "ok"}
+	resp := IngestResponse{Ingested: len(envs), BundleID: b.BundleID, Status: "ok", ArtifactsIgnored: len(b.Artifacts)}
+	if len(b.Artifacts) > 0 {
+		a.logger.Info("ingest: artifacts not stored (the graph's come from the events)", "bundle", b.BundleID, "artifacts", len(b.Artifacts))
+	}
 	var last uint64
 	timeout := time.After(10 * time.Second)
 	for _, f := range futures {
