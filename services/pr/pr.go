@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -38,15 +39,28 @@ func StageConfig() stage.Config {
 // Title is the pull request title of PR Proof v1.
 func Title(req *events.Request) string { return "Leviathan: " + req.Task.Title }
 
-// The per-target lock of Handle: how long to wait for another replica's
-// turn before handing the message back to NATS, when to try again, and the
-// longest a turn may take (well below stage.LockTTL, after which a dead
-// holder's lock lapses).
+// The per-repository lock of Handle: how long to wait for another
+// replica's turn before handing the message back to NATS, when to try
+// again, and the longest a turn may take (well below stage.LockTTL, after
+// which a dead holder's lock lapses).
 const (
-	lockWait  = 30 * time.Second
-	lockRetry = 10 * time.Second
+	lockWait  = 15 * time.Second
+	lockRetry = 5 * time.Second
 	lockHold  = 90 * time.Second
 )
+
+// lockName names the repository of the request's target for the lock:
+// host and owner/name, in lower case (GitHub's are case-insensitive), so
+// two targets on one repository take turns too; the target's name when
+// the URL has no owner/name.
+func lockName(req *events.Request) string {
+	owner, name, err := forge.RepoPath(req.Target.RepoURL)
+	u, uerr := url.Parse(req.Target.RepoURL)
+	if err != nil || uerr != nil {
+		return "target/" + req.Target.Name
+	}
+	return strings.ToLower(u.Host + "/" + owner + "/" + name)
+}
 
 // adoptTask is returned by the guard when another attempt already has an
 // open pull request for the same task on the target: that PR is adopted
@@ -81,16 +95,18 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		return nil
 	}
 	title := Title(req)
-	// The guardrails look at the target's open pull requests, then a new
-	// one may be created: replicas would both look before either creates,
-	// so one at a time per target holds the lock from lookup to create.
-	unlock, err := s.res.Lock(ctx, "pr."+req.Target.Name, "attempt "+req.AttemptID, lockWait)
+	// The guardrails look at the repository's open pull requests, then a
+	// new one may be created: replicas would both look before either
+	// creates, so one at a time per repository holds the lock from the
+	// lookup to the create.
+	unlock, err := s.res.Lock(ctx, "pr."+lockName(req), "attempt "+req.AttemptID, lockWait)
 	switch {
 	case errors.Is(err, stage.ErrLocked):
 		return stage.RetryAfter(lockRetry, err)
 	case err != nil:
 		return stage.Retry(err)
 	}
+	defer unlock()
 	lctx, cancel := context.WithTimeout(ctx, lockHold)
 	guard := func(ctx context.Context) error { return s.guard(ctx, req) }
 	pr, reused, err := forge.EnsurePR(lctx, s.driver, forge.PRRequest{
@@ -98,7 +114,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		Title: title, Body: Body(req, pushed.ChangedPaths), Draft: req.Draft,
 	}, guard)
 	cancel()
-	unlock()
+	unlock() // the events below need no lock
 	branch, commit, note := pushed.BranchName, pushed.CommitSHA, ""
 	var adopt *adoptTask
 	switch {

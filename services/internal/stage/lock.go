@@ -2,9 +2,12 @@ package stage
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,56 +22,131 @@ const LockTTL = 2 * time.Minute
 // after the wait.
 var ErrLocked = errors.New("locked by another holder")
 
+// lockRecheck is how often a waiter tries again without being told of a
+// release: a lock whose holder died lapses with its TTL, which no watcher
+// hears of.
+const lockRecheck = time.Second
+
 // Lock takes the lock called name in the leviathan-locks bucket, shared by
 // every replica of every service, waiting up to wait while another holder
 // has it. holder says who takes it (shown to whoever waits for it). The
-// returned unlock releases it; it is safe to call more than once.
+// returned unlock releases it; it may be called more than once, from any
+// goroutine.
 //
 // The lock is a key created only if absent and deleted at the revision
 // that created it, so an unlock never deletes a later holder's lock. A
-// holder that dies keeps it for at most LockTTL, after which the bucket
-// drops the key; a holder must therefore bound its work well below that
-// (the caller's context) and must not rely on the lock past it.
+// waiter watches the key and tries again as soon as it is deleted. A
+// holder that dies keeps the lock for at most LockTTL, after which the
+// bucket drops the key; a holder must therefore bound its work well below
+// that (the caller's context) and must not rely on the lock past it.
 func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Duration) (unlock func(), err error) {
 	key := "lock." + hex.EncodeToString([]byte(name)) // any name is a valid key
+	// The value names the holder and this call, so a create whose answer
+	// was lost can be recognised as ours.
+	value := []byte(holder + " #" + randomToken())
 	deadline := time.Now().Add(wait)
-	pause := 5 * time.Millisecond
+	var watch jetstream.KeyWatcher
+	defer func() {
+		if watch != nil {
+			_ = watch.Stop()
+		}
+	}()
 	for {
-		rev, err := r.Locks.Create(ctx, key, []byte(holder))
+		rev, err := r.Locks.Create(ctx, key, value)
 		if err == nil {
-			released := false
-			return func() {
-				if released {
-					return
-				}
-				released = true
-				// Release even when ctx is done: the next holder would
-				// otherwise wait for the TTL.
-				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-				defer cancel()
-				_ = r.Locks.Delete(dctx, key, jetstream.LastRevision(rev))
-			}, nil
+			return r.unlocker(ctx, key, rev), nil
 		}
 		if !held(err) {
+			// The create may have been stored although its answer was lost:
+			// then the lock is ours, and nobody would release it.
+			r.releaseIfOurs(ctx, key, value)
 			return nil, fmt.Errorf("lock %s: %w", name, err)
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
 			by := "another holder"
 			if e, err := r.Locks.Get(ctx, key); err == nil {
-				by = string(e.Value())
+				by, _, _ = strings.Cut(string(e.Value()), " #")
 			}
 			return nil, fmt.Errorf("%w: %s is held by %s", ErrLocked, name, by)
 		}
-		t := time.NewTimer(min(pause, left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
+		if watch == nil {
+			// From now on a release wakes this waiter at once; it may have
+			// come before the watch began, so try again first.
+			if watch, err = r.Locks.Watch(ctx, key, jetstream.UpdatesOnly()); err != nil {
+				watch = nil
+				if !sleep(ctx, min(lockRecheck/10, left)) {
+					return nil, ctx.Err()
+				}
+			}
+			continue
 		}
-		pause = min(2*pause, 100*time.Millisecond)
+		if !waitRelease(ctx, watch, min(lockRecheck, left)) && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 	}
+}
+
+// unlocker releases the lock created at rev, once.
+func (r *Resources) unlocker(ctx context.Context, key string, rev uint64) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			// Release even when ctx is done: the next holder would otherwise
+			// wait for the TTL.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = r.Locks.Delete(dctx, key, jetstream.LastRevision(rev))
+		})
+	}
+}
+
+// releaseIfOurs deletes the lock if it holds value.
+func (r *Resources) releaseIfOurs(ctx context.Context, key string, value []byte) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if e, err := r.Locks.Get(dctx, key); err == nil && string(e.Value()) == string(value) {
+		_ = r.Locks.Delete(dctx, key, jetstream.LastRevision(e.Revision()))
+	}
+}
+
+// waitRelease waits up to d for the watched lock to be deleted; it reports
+// whether it was.
+func waitRelease(ctx context.Context, w jetstream.KeyWatcher, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return false
+			}
+			if e != nil && (e.Operation() == jetstream.KeyValueDelete || e.Operation() == jetstream.KeyValuePurge) {
+				return true
+			}
+		case <-t.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func randomToken() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // held reports whether a create failed because the key exists (or, for a

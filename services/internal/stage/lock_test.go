@@ -105,3 +105,50 @@ func TestStaleUnlock(t *testing.T) {
 	}
 	next()
 }
+
+// TestLockWaiterWakesOnRelease: a waiter takes the lock as soon as it is
+// released (it watches the key), not at its next periodic try, so a
+// replica that releases and asks again at once does not starve the other.
+func TestLockWaiterWakesOnRelease(t *testing.T) {
+	res, _ := setup(t)
+	ctx := context.Background()
+	for range 3 {
+		unlock, err := res.Lock(ctx, "demo", "first", time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan time.Time, 1)
+		go func() {
+			unlock2, err := res.Lock(ctx, "demo", "second", 10*time.Second)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- time.Now()
+			unlock2()
+		}()
+		time.Sleep(150 * time.Millisecond) // the waiter is watching by now
+		released := time.Now()
+		unlock()
+		if took := (<-got).Sub(released); took > lockRecheck/2 {
+			t.Fatalf("the waiter took the lock %v after its release, want well under the %v recheck", took, lockRecheck)
+		}
+	}
+}
+
+// TestReleaseIfOurs: after a create whose answer was lost, the lock is
+// released only if the stored value is this call's.
+func TestReleaseIfOurs(t *testing.T) {
+	res, _ := setup(t)
+	ctx := context.Background()
+	if _, err := res.Locks.Create(ctx, "lock.k", []byte("me #1")); err != nil {
+		t.Fatal(err)
+	}
+	res.releaseIfOurs(ctx, "lock.k", []byte("someone #2"))
+	if _, err := res.Locks.Get(ctx, "lock.k"); err != nil {
+		t.Fatalf("another's lock was released: %v", err)
+	}
+	res.releaseIfOurs(ctx, "lock.k", []byte("me #1"))
+	if _, err := res.Locks.Get(ctx, "lock.k"); err == nil {
+		t.Fatal("our own lock was kept")
+	}
+}
