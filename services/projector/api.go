@@ -269,7 +269,9 @@ func (a *API) invalidate(w http.ResponseWriter, r *http.Request) {
 			"reason": reason, "already_invalidated": already,
 		})
 	}
-	if d.Item.Reason != "" { // invalidated before (a reason is never empty)
+	if d.Item.Status == "invalidated" || d.Item.Reason != "" {
+		// Invalidated before (and maybe carried on since: a stage's event
+		// may come after); an event from another producer may lack a reason.
 		answer(d.Item.Reason, true)
 		return
 	}

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/leviathan-dev/leviathan/services/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/projector/internal/eventgen"
 )
 
@@ -295,4 +298,29 @@ func TestIngestThePythonWorkersBundles(t *testing.T) {
 	if _, body, _ = r.do(t, "POST", "/v1/attempts/attempt-7/invalidate", bearer, `{"reason":"again"}`); body["already_invalidated"] != true || body["reason"] != "wrong target" {
 		t.Fatalf("second invalidate: %v", body)
 	}
+	// Invalidated by another producer without a reason: still invalidated
+	// once; nothing more is published.
+	q := `"attempt_id": "attempt-9", "task_id": "T-9", "target_id": "radix"`
+	for i, typ := range []string{"attempt.created", "attempt.invalidated"} {
+		b := pythonBundle("attempt-9", fmt.Sprintf("9e1a4c1e-1111-4a4a-8b8b-00000000000%d", i), typ, "2026-01-28T13:00:00", `{`+q+`}`)
+		if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, b); status != 200 {
+			t.Fatalf("ingest %s: %d %v", typ, status, body)
+		}
+	}
+	if _, body, _ = r.do(t, "POST", "/v1/attempts/attempt-9/invalidate", bearer, `{"reason":"mine"}`); body["already_invalidated"] != true || body["reason"] != "" {
+		t.Fatalf("invalidate after a reasonless invalidation: %v", body)
+	}
+	if n := countMessages(t, res, "leviathan.attempts.attempt-9.attempt.invalidated"); n != 1 {
+		t.Fatalf("%d attempt.invalidated messages, want 1", n)
+	}
+}
+
+// countMessages counts the stream's messages on subject.
+func countMessages(t *testing.T, res *stage.Resources, subject string) uint64 {
+	t.Helper()
+	info, err := res.Stream.Info(t.Context(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
 }

@@ -88,6 +88,10 @@ type Graph struct {
 	// onStage, while applyAll runs with one, is told of every stage an
 	// applied event ends (stageEnd).
 	onStage stageFunc
+
+	// statuses counts the attempt records by status (0: none yet),
+	// indexed by the status symbol.
+	statuses []int
 }
 
 // stageFunc is told that an applied event ended stage of an attempt with
@@ -311,6 +315,7 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 			a = &attempt{idx: int32(len(g.records)), id: string(r.attempt), created: r.ts, steps: make([]step, 0, 8)}
 			g.byAttempt[a.id] = a
 			g.records = append(g.records, a)
+			g.countStatus(0, 1)
 		}
 	}
 	e := recentEvent{ts: r.ts, typ: typ, actor: actor, target: tgt}
@@ -376,25 +381,39 @@ func (g *Graph) stageEnd(a *attempt, t events.Type, r *record) {
 	in, ok := g.syms.ids[string(input)]
 	for i := len(a.steps) - 2; ok && i >= 0; i-- {
 		if a.steps[i].typ == in {
+			// A timestamp that was missing or did not parse is 0: no duration.
 			took := time.Duration(r.ts - a.steps[i].ts)
-			g.onStage(stage, outcome, took, took >= 0)
+			g.onStage(stage, outcome, took, r.ts != 0 && a.steps[i].ts != 0 && took >= 0)
 			return
 		}
 	}
 	g.onStage(stage, outcome, 0, false)
 }
 
-// attemptsByStatus counts the attempts by status.
+// setStatus sets the attempt's status and keeps the count by status.
+func (g *Graph) setStatus(a *attempt, st sym) {
+	g.countStatus(a.status, -1)
+	a.status = st
+	g.countStatus(st, 1)
+}
+
+func (g *Graph) countStatus(st sym, d int) {
+	for int(st) >= len(g.statuses) {
+		g.statuses = append(g.statuses, 0)
+	}
+	g.statuses[st] += d
+}
+
+// attemptsByStatus counts the attempts by status ("unknown": none yet).
 func (g *Graph) attemptsByStatus() map[string]int {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	counts := map[sym]int{}
-	for _, a := range g.records {
-		counts[a.status]++
-	}
-	out := make(map[string]int, len(counts))
-	for st, n := range counts {
-		name := g.syms.str(st)
+	out := map[string]int{}
+	for st, n := range g.statuses {
+		if n == 0 {
+			continue
+		}
+		name := g.syms.str(sym(st))
 		if name == "" {
 			name = "unknown"
 		}
@@ -484,7 +503,7 @@ func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 		if len(r.field) > 0 {
 			summary = string(r.field) + ": " + summary
 		}
-		a.status = g.syms.of("rejected")
+		g.setStatus(a, g.syms.of("rejected"))
 		g.fail(a, r, typ, g.syms.of("clone"), g.syms.of(string(events.InvalidRequest)), summary)
 		return
 	case events.AttemptCreated, events.AttemptStarted, events.RepoFetched, events.BacklogEdited,
@@ -497,26 +516,26 @@ func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 	switch t {
 	case events.AttemptCreated:
 		if a.status == 0 {
-			a.status = g.syms.of("created")
+			g.setStatus(a, g.syms.of("created"))
 		}
 		if a.target != nil && a.target.repoURL == "" {
 			a.target.repoURL = string(r.repoURL)
 		}
 	case events.AttemptStarted:
-		a.status = g.syms.of("running")
+		g.setStatus(a, g.syms.of("running"))
 	case events.BranchPushed:
 		g.linkCommit(a, r.commit, r.branchName)
 	case events.PRCreated:
 		g.linkCommit(a, r.commit, r.branchName)
 		g.linkPull(a, r)
 	case events.AttemptSucceeded:
-		a.status = g.syms.of("succeeded")
+		g.setStatus(a, g.syms.of("succeeded"))
 		g.linkPull(a, r)
 	case events.AttemptFailed:
-		a.status = g.syms.of("failed")
+		g.setStatus(a, g.syms.of("failed"))
 		g.fail(a, r, typ, g.syms.intern(r.stage), g.syms.intern(r.failureType), string(r.summary))
 	case events.AttemptInvalidated:
-		a.status = g.syms.of("invalidated")
+		g.setStatus(a, g.syms.of("invalidated"))
 		a.reason = string(r.reason)
 	}
 }

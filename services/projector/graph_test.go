@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -288,5 +289,32 @@ func TestSummaryJSONIsCached(t *testing.T) {
 	var s Summary
 	if err := json.Unmarshal(a, &s); err != nil || len(s.RecentEvents) != summaryEvents {
 		t.Fatalf("summary JSON: %v %s", err, a)
+	}
+}
+
+// TestAttemptsByStatus: the counts kept as events are applied are those of
+// the attempts, and a snapshot's graph has the same.
+func TestAttemptsByStatus(t *testing.T) {
+	g := NewGraph()
+	evs := eventgen.Stream(3000)
+	applyAll(t, g, evs[:len(evs)-3]) // the last attempt unfinished
+	want := map[string]int{}
+	for _, a := range g.records {
+		name := g.syms.str(a.status)
+		if name == "" {
+			name = "unknown"
+		}
+		want[name]++
+	}
+	if got := g.attemptsByStatus(); !maps.Equal(got, want) || len(want) < 4 {
+		t.Fatalf("by status %v, want %v", got, want)
+	}
+	data, _ := g.MarshalSnapshot(0)
+	restored, _, err := UnmarshalSnapshot(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := restored.attemptsByStatus(); !maps.Equal(got, want) {
+		t.Fatalf("restored by status %v, want %v", got, want)
 	}
 }

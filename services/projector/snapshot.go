@@ -349,6 +349,9 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 	if r.err != nil {
 		return nil, meta, r.err
 	}
+	for _, a := range g.records {
+		g.countStatus(a.status, 1)
+	}
 	return g, meta, nil
 }
 

@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	requests := fset.Int("requests", 10_000, "summary requests timed")
 	out := fset.String("results", "bench/results.json", "results file (the projector key is replaced)")
 	replays := fset.Int("replays", 3, "replays timed, each after a NATS server restart; the median is reported")
-	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile of the last replay to this file")
+	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile of the last replay to this file (profiling slows that replay a little, and it counts in the median)")
 	if err := fset.Parse(args); err != nil {
 		return err
 	}
@@ -146,6 +146,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		p, stopP = rp, stop
 	}
 	defer st.stop()
+	stopped := false
+	defer func() { // on an early return
+		if !stopped {
+			_ = stopP()
+		}
+	}()
 	r.ReplayEventsPerS = median(rates)
 	fmt.Fprintf(stdout, "replay: median of %d runs %.0f events/s (slowest %.0f, fastest %.0f)\n",
 		len(rates), r.ReplayEventsPerS, slices.Min(rates), slices.Max(rates))
@@ -153,6 +159,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	g := p.Graph()
 	api := projector.NewAPI(p, projector.APIConfig{Token: "bench-token", Logger: logger})
 	srv := httptest.NewServer(api.Handler())
+	defer srv.Close()
 	if r.SummaryP50ms, r.SummaryP99ms, err = timeSummary(ctx, srv.URL, g, next, *requests, true); err != nil {
 		return err
 	}
@@ -176,6 +183,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		float64(r.snapshotBytes)/1e6, r.snapshotDecodeDur.Round(time.Millisecond))
 
 	// Memory: everything but the graph goes, then the graph.
+	stopped = true
 	if err := stopP(); err != nil {
 		return err
 	}
