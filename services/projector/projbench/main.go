@@ -158,16 +158,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	g := p.Graph()
 	api := projector.NewAPI(p, projector.APIConfig{Token: "bench-token", Logger: logger})
+	// (No defer: it would keep the graph reachable for the memory measure.)
 	srv := httptest.NewServer(api.Handler())
-	defer srv.Close()
 	if r.SummaryP50ms, r.SummaryP99ms, err = timeSummary(ctx, srv.URL, g, next, *requests, true); err != nil {
+		srv.Close()
 		return err
 	}
 	cachedP50, cachedP99, err := timeSummary(ctx, srv.URL, g, next+*requests, *requests, false)
+	srv.Close()
 	if err != nil {
 		return err
 	}
-	srv.Close()
 	fmt.Fprintf(stdout, "summary over HTTP: p50 %.3f ms, p99 %.3f ms with an event applied before each request; cached: p50 %.3f ms, p99 %.3f ms\n",
 		r.SummaryP50ms, r.SummaryP99ms, cachedP50, cachedP99)
 
@@ -194,6 +195,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	runtime.KeepAlive(g)
 	g, p, api = nil, nil, nil
 	without := heap()
+	if without >= with || r.attempts == 0 {
+		return fmt.Errorf("memory: heap %d bytes with the graph, %d without: something else still holds the graph", with, without)
+	}
 	r.BytesPerAttempt = math.Round(float64(with-without) / float64(r.attempts))
 	fmt.Fprintf(stdout, "memory: graph of %d attempt nodes (%d attempt ids, %d events) holds %.1f MB: %.0f bytes per attempt\n",
 		counts.Attempts, counts.Records, counts.Applied, float64(with-without)/1e6, r.BytesPerAttempt)

@@ -48,7 +48,7 @@ func TestRunSmall(t *testing.T) {
 	if !doc.Git["kept"] {
 		t.Errorf("the git key was not kept:\n%s", b)
 	}
-	if pr.Events != 3000 || pr.Replay <= 0 || pr.P50 <= 0 || pr.P99 < pr.P50 {
+	if pr.Events != 3000 || pr.Replay <= 0 || pr.P50 <= 0 || pr.P99 < pr.P50 || pr.BytesPerAttempt <= 0 {
 		t.Errorf("projector results = %+v", pr)
 	}
 }
