@@ -58,6 +58,12 @@ type deps struct {
 	metrics *stage.Metrics
 }
 
+// forgeTurns shares the forge account's mutating calls with the other
+// replicas (forge.GitHubConfig.Turns).
+func (d *deps) forgeTurns(identity string) forge.Turns {
+	return d.res.Turns(identity, d.instance)
+}
+
 // component is one running part of a process.
 type component struct {
 	name  string

@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"time"
 
@@ -59,8 +60,9 @@ func (c ForgeConfig) appTokens(apiURL string) (*forge.AppTokens, error) {
 // clients builds the forge driver (when withDriver) and the git
 // credentials of a process: one token source shared by both, so the API
 // and git always use the same, current token. An explicit git token
-// (basic auth) takes precedence for git.
-func (c ForgeConfig) clients(token, apiURL string, git gitx.Remote, withDriver bool) (forge.Driver, gitx.Remote, error) {
+// (basic auth) takes precedence for git. turns (may be nil) shares the
+// token's mutating calls with the other replicas; forgeIdentity names them.
+func (c ForgeConfig) clients(token, apiURL string, git gitx.Remote, withDriver bool, turns func(identity string) forge.Turns) (forge.Driver, gitx.Remote, error) {
 	if err := c.validate(); err != nil {
 		return nil, git, err
 	}
@@ -84,11 +86,30 @@ func (c ForgeConfig) clients(token, apiURL string, git gitx.Remote, withDriver b
 	if ts == nil {
 		return nil, git, errors.New("pr: no forge credentials (set LEVIATHAN_FORGE_TOKEN or a GitHub App)")
 	}
-	d, err := forge.NewGitHub(forge.GitHubConfig{
+	gc := forge.GitHubConfig{
 		Tokens: ts, BaseURL: apiURL, MinInterval: c.MinInterval,
 		RateLimitBackoff: c.RateLimitBackoff, RequestTimeout: c.RequestTimeout,
-	})
+	}
+	if turns != nil {
+		gc.Turns = turns(c.forgeIdentity(apiURL))
+	}
+	d, err := forge.NewGitHub(gc)
 	return d, git, err
+}
+
+// forgeIdentity names the forge account whose calls the replicas pace
+// together, without the credential: the API host and the GitHub App
+// installation, or "token" for a personal access token (replicas share
+// one).
+func (c ForgeConfig) forgeIdentity(apiURL string) string {
+	host := "api.github.com"
+	if u, err := url.Parse(apiURL); err == nil && u.Host != "" {
+		host = u.Host
+	}
+	if c.IsApp() {
+		return fmt.Sprintf("forge/%s/app-%d/installation-%d", host, c.AppID, c.InstallationID)
+	}
+	return "forge/" + host + "/token"
 }
 
 // registerApp tells the embedded localforge about the stack's GitHub App,

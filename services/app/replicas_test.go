@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -44,7 +45,8 @@ func startPRReplica(t *testing.T, s *Stack) {
 // request lists, so that both look at a target's open pull requests while
 // the other is about to create one. The guardrails must hold across
 // replicas as they do in one: max_open_prs exactly, and one pull request
-// per task, however many attempts propose it at once.
+// per task, however many attempts propose it at once; and the token's
+// creates stay serial and spaced, whichever replica makes them.
 func TestPRReplicasShareTheGuardrails(t *testing.T) {
 	s := startTestStackWith(t, StackConfig{Forge: testForge}, nil)
 	startPRReplica(t, s)
@@ -102,5 +104,64 @@ func TestPRReplicasShareTheGuardrails(t *testing.T) {
 	}
 	if prs, _ := s.Forge().Pulls("o", "same"); len(prs) != 1 || len(numbers) != 1 {
 		t.Errorf("%d attempts of one task: %d pull requests on the forge, attempts name %d", same, len(prs), len(numbers))
+	}
+}
+
+// TestPRReplicasPaceTheToken: two pr replicas creating pull requests on
+// different repositories with one token still make the token's mutating
+// calls one at a time and at least the minimum interval apart (DESIGN.md
+// §7), as one process does.
+func TestPRReplicasPaceTheToken(t *testing.T) {
+	s := startTestStackWith(t, StackConfig{Forge: testForge}, nil)
+	startPRReplica(t, s)
+	ctx := context.Background()
+	const repos, each = 4, 3
+	for r := range repos {
+		name := fmt.Sprint("paced-", r)
+		if err := s.Forge().CreateRepo(ctx, "o", name, "main", map[string][]byte{events.BacklogPath: []byte("tasks: []\n")}); err != nil {
+			t.Fatal(err)
+		}
+		// Slow creates: a call in flight for a while.
+		s.Forge().InjectFault(localforge.Fault{Method: "POST", Path: "/repos/o/" + name + "/pulls", Delay: 80 * time.Millisecond, Times: 100})
+	}
+	for i := range each {
+		for r := range repos {
+			name := fmt.Sprint("paced-", r)
+			b, _ := json.Marshal(map[string]any{
+				"target": map[string]any{"name": name, "repo_url": s.Forge().CloneURL("o", name), "branch": "main"},
+				"task":   map[string]any{"id": fmt.Sprint("T-", i), "title": "Task", "allowed_paths": []string{events.BacklogPath}},
+			})
+			publishBare(t, s, fmt.Sprintf("a-paced-%d-%d", r, i), b)
+		}
+	}
+	for i := range each {
+		for r := range repos {
+			if evs := attemptEvents(t, s, fmt.Sprintf("a-paced-%d-%d", r, i)); evs[len(evs)-1].EventType != events.AttemptSucceeded {
+				t.Fatalf("attempt a-paced-%d-%d: %v", r, i, types(evs))
+			}
+		}
+	}
+	assertPaced(t, s, testForge.MinInterval)
+}
+
+// assertPaced checks localforge's journal: pull requests were created one
+// at a time and at least interval apart, whichever replica made them.
+func assertPaced(t *testing.T, s *Stack, interval time.Duration) {
+	t.Helper()
+	var creates []localforge.RequestRecord
+	for _, r := range s.Forge().Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/pulls") {
+			creates = append(creates, r)
+		}
+	}
+	slices.SortFunc(creates, func(a, b localforge.RequestRecord) int { return a.Start.Compare(b.Start) })
+	for i := 1; i < len(creates); i++ {
+		// 20 ms of slack: the journal's clock is read after the listener.
+		if gap := creates[i].Start.Sub(creates[i-1].End); gap < interval-20*time.Millisecond {
+			t.Errorf("creates %d and %d (%s, %s): %v apart, want at least %v", i-1, i, creates[i-1].Path, creates[i].Path, gap, interval)
+		}
+	}
+	if len(creates) < 2 {
+		t.Errorf("%d creates in the journal", len(creates))
 	}
 }

@@ -89,7 +89,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	if cfg.Name == "projector" {
 		comp, _ = projectorComponent(d, ln, cfg.ControlToken)
 	} else {
-		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr"); err != nil {
+		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr", d.forgeTurns); err != nil {
 			return err
 		}
 		if comp, err = stageComponent(ctx, cfg.Name, d); err != nil {

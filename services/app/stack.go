@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/leviathan-dev/leviathan/services/internal/forge"
 	"github.com/leviathan-dev/leviathan/services/internal/gitx"
 	"github.com/leviathan-dev/leviathan/services/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/localforge"
@@ -115,7 +116,8 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 		// Git uses the App's installation tokens unless a test sets one.
 		git.Password = cfg.GitToken
 	}
-	driver, git, err := cfg.Forge.clients(cfg.ForgeToken, s.ForgeURL+"/api/v3/", git, true)
+	turns := func(identity string) forge.Turns { return res.Turns(identity, "dev") }
+	driver, git, err := cfg.Forge.clients(cfg.ForgeToken, s.ForgeURL+"/api/v3/", git, true, turns)
 	if err == nil {
 		err = cfg.Forge.registerApp(s.forge)
 	}

@@ -40,6 +40,11 @@ type GitHubConfig struct {
 	RequestTimeout time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Turns, when set, shares the token's mutating calls with other
+	// processes (the replicas of a service): one call at a time among
+	// them all, MinInterval after the last one wherever it ran. Without
+	// it, only this process's calls are paced.
+	Turns Turns
 }
 
 func (c *GitHubConfig) setDefaults() error {
@@ -91,6 +96,7 @@ func NewGitHub(cfg GitHubConfig) (*GitHub, error) {
 		base = cfg.HTTPClient.Transport
 	}
 	lim := newLimiter(&authTransport{ts: cfg.Tokens, base: base}, cfg.Now, cfg.MinInterval, cfg.MaxPaceWait, cfg.RateLimitBackoff)
+	lim.turns = cfg.Turns
 	c := github.NewClient(&http.Client{Transport: lim})
 	if cfg.BaseURL != "" {
 		// WithEnterpriseURLs appends api/v3/ unless it is there; a

@@ -40,7 +40,8 @@ type limiter struct {
 	maxWait  time.Duration // longest in-line wait; beyond it, RetryError
 	backoff  time.Duration // wait after a rate limit that names none
 
-	sem chan struct{} // one mutating call at a time
+	sem   chan struct{} // one mutating call at a time
+	turns Turns         // shared with other processes; nil: this one only
 
 	mu        sync.Mutex
 	nextSlot  time.Time // earliest start of the next mutating call
@@ -50,6 +51,15 @@ type limiter struct {
 
 func newLimiter(next http.RoundTripper, now func() time.Time, interval, maxWait, backoff time.Duration) *limiter {
 	return &limiter{next: next, now: now, interval: interval, maxWait: maxWait, backoff: backoff, sem: make(chan struct{}, 1)}
+}
+
+// Turns shares one token's mutating calls among processes.
+type Turns interface {
+	// Take waits up to wait for the token's turn (longer is an error). It
+	// returns when the last mutating call with the token ended, wherever
+	// it ran (zero when unknown), and done, which ends the turn: with the
+	// time this call ended, or the zero time when no call was made.
+	Take(ctx context.Context, wait time.Duration) (last time.Time, done func(callEnd time.Time), err error)
 }
 
 // mutating reports whether a request changes state on the forge.
@@ -126,9 +136,28 @@ func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
 	l.mu.Lock()
 	slot := l.nextSlot
 	l.mu.Unlock()
+	done := func(time.Time) {}
+	if l.turns != nil {
+		last, end, err := l.turns.Take(ctx, max(deadline.Sub(l.now()), 0))
+		if err != nil {
+			<-l.sem
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, &RetryError{After: l.interval, Err: fmt.Errorf("%w: %v", ErrPaced, err)}
+		}
+		done = end
+		if s := last.Add(l.interval); !last.IsZero() && s.After(slot) {
+			slot = s
+		}
+	}
+	giveUp := func() {
+		done(time.Time{})
+		<-l.sem
+	}
 	wait := slot.Sub(l.now())
 	if slot.After(deadline) {
-		<-l.sem
+		giveUp()
 		return nil, &RetryError{After: wait, Err: fmt.Errorf("%w: next slot in %s", ErrPaced, wait.Round(time.Millisecond))}
 	}
 	if wait > 0 {
@@ -137,14 +166,16 @@ func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
 		case <-w.C:
 		case <-ctx.Done():
 			w.Stop()
-			<-l.sem
+			giveUp()
 			return nil, ctx.Err()
 		}
 	}
 	return func() {
+		end := l.now()
 		l.mu.Lock()
-		l.nextSlot = l.now().Add(l.interval)
+		l.nextSlot = end.Add(l.interval)
 		l.mu.Unlock()
+		done(end)
 		<-l.sem
 	}, nil
 }
