@@ -40,10 +40,10 @@ type GitHubConfig struct {
 	RequestTimeout time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
-	// Turns, when set, shares the token's mutating calls with other
+	// Turns, when set, shares the account's mutating calls with other
 	// processes (the replicas of a service): one call at a time among
-	// them all, MinInterval after the last one wherever it ran. Without
-	// it, only this process's calls are paced.
+	// them all, each turn held MinInterval after its call. Without it,
+	// only this process's calls are paced.
 	Turns Turns
 }
 
@@ -73,6 +73,9 @@ func (c *GitHubConfig) setDefaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Turns != nil && c.RequestTimeout+c.MinInterval > MaxTurn {
+		return fmt.Errorf("forge: github: with turns shared by replicas, request timeout plus min interval must not exceed %v", MaxTurn)
 	}
 	return nil
 }

@@ -204,3 +204,62 @@ func TestProductionBackoffIsApplied(t *testing.T) {
 		t.Fatalf("bare 429 with defaults: %v, want a 1m wait", err)
 	}
 }
+
+// recordingTurns is a Turns that records what the limiter does with the
+// turns it takes (the real one, on NATS, is tested in package stage and
+// with two pr replicas in package app).
+type recordingTurns struct {
+	mu    sync.Mutex
+	takes int
+	holds []time.Duration
+	fail  error
+}
+
+func (r *recordingTurns) Take(ctx context.Context, wait time.Duration) (func(time.Duration), error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.takes++
+	if r.fail != nil {
+		return nil, r.fail
+	}
+	return func(hold time.Duration) {
+		r.mu.Lock()
+		r.holds = append(r.holds, hold)
+		r.mu.Unlock()
+	}, nil
+}
+
+// TestTurnsAroundMutatingCalls: with Turns, a mutating call takes the
+// account's turn and holds it the minimum interval after the call; reads
+// take none; a turn that cannot be had is a paced RetryError and no call.
+func TestTurnsAroundMutatingCalls(t *testing.T) {
+	h := forgetest.NewHarness(t)
+	turns := &recordingTurns{}
+	d, err := forge.NewGitHub(forge.GitHubConfig{Token: forgetest.Token, BaseURL: h.APIURL(), MinInterval: 50 * time.Millisecond, Turns: turns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	req := func(head string) forge.PRRequest {
+		return forge.PRRequest{RepoURL: h.RepoURL, Base: "main", Head: head, Title: "Propose " + head, Body: "body"}
+	}
+	if _, err := d.OpenPRs(ctx, h.RepoURL); err != nil || turns.takes != 0 {
+		t.Fatalf("a read took %d turns (%v)", turns.takes, err)
+	}
+	if _, _, err := d.CreatePR(ctx, req("feature-1")); err != nil {
+		t.Fatal(err)
+	}
+	if turns.takes != 1 || len(turns.holds) != 1 || turns.holds[0] != 50*time.Millisecond {
+		t.Fatalf("create: %d turns taken, held %v; want 1, [50ms]", turns.takes, turns.holds)
+	}
+	turns.fail = errors.New("held by replica b")
+	posts := h.Count("POST", "/pulls")
+	_, _, err = d.CreatePR(ctx, req("feature-2"))
+	var re *forge.RetryError
+	if !errors.As(err, &re) || !errors.Is(err, forge.ErrPaced) || !strings.Contains(err.Error(), "replica b") || h.Count("POST", "/pulls") != posts {
+		t.Fatalf("create without a turn: %v (posts %d -> %d)", err, posts, h.Count("POST", "/pulls"))
+	}
+	if _, err := forge.NewGitHub(forge.GitHubConfig{Token: "t", Turns: turns, RequestTimeout: forge.MaxTurn}); err == nil {
+		t.Fatal("a turn longer than MaxTurn was accepted")
+	}
+}

@@ -53,14 +53,20 @@ func newLimiter(next http.RoundTripper, now func() time.Time, interval, maxWait,
 	return &limiter{next: next, now: now, interval: interval, maxWait: maxWait, backoff: backoff, sem: make(chan struct{}, 1)}
 }
 
-// Turns shares one token's mutating calls among processes.
+// Turns shares one forge account's mutating calls among processes (the
+// replicas of a service).
 type Turns interface {
-	// Take waits up to wait for the token's turn (longer is an error). It
-	// returns when the last mutating call with the token ended, wherever
-	// it ran (zero when unknown), and done, which ends the turn: with the
-	// time this call ended, or the zero time when no call was made.
-	Take(ctx context.Context, wait time.Duration) (last time.Time, done func(callEnd time.Time), err error)
+	// Take waits up to wait for the account's turn (longer is an error).
+	// done ends the turn after hold: the limiter holds it for the minimum
+	// interval after its call, so the next call anywhere starts no sooner,
+	// by this process's clock alone; 0 ends it at once (no call was made).
+	Take(ctx context.Context, wait time.Duration) (done func(hold time.Duration), err error)
 }
+
+// MaxTurn bounds how long a turn may be held (RequestTimeout plus
+// MinInterval) when Turns is set: a Turns implementation must keep a turn
+// at least this long even if its holder dies without ending it.
+const MaxTurn = 100 * time.Second
 
 // mutating reports whether a request changes state on the forge.
 func mutating(method string) bool {
@@ -136,9 +142,9 @@ func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
 	l.mu.Lock()
 	slot := l.nextSlot
 	l.mu.Unlock()
-	done := func(time.Time) {}
+	done := func(time.Duration) {}
 	if l.turns != nil {
-		last, end, err := l.turns.Take(ctx, max(deadline.Sub(l.now()), 0))
+		end, err := l.turns.Take(ctx, max(deadline.Sub(l.now()), 0))
 		if err != nil {
 			<-l.sem
 			if ctx.Err() != nil {
@@ -147,12 +153,9 @@ func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
 			return nil, &RetryError{After: l.interval, Err: fmt.Errorf("%w: %v", ErrPaced, err)}
 		}
 		done = end
-		if s := last.Add(l.interval); !last.IsZero() && s.After(slot) {
-			slot = s
-		}
 	}
 	giveUp := func() {
-		done(time.Time{})
+		done(0)
 		<-l.sem
 	}
 	wait := slot.Sub(l.now())
@@ -171,11 +174,10 @@ func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
 		}
 	}
 	return func() {
-		end := l.now()
 		l.mu.Lock()
-		l.nextSlot = end.Add(l.interval)
+		l.nextSlot = l.now().Add(l.interval)
 		l.mu.Unlock()
-		done(end)
+		done(l.interval)
 		<-l.sem
 	}, nil
 }

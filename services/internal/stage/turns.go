@@ -2,15 +2,14 @@ package stage
 
 import (
 	"context"
-	"encoding/hex"
-	"strconv"
 	"time"
 )
 
 // Turns hands out turns at something every replica shares (a forge
-// token's mutating calls), one at a time, and remembers when the last turn's
-// work ended, wherever it ran: a lock (Lock) and a key beside it in the
-// leviathan-locks bucket. Its Take satisfies forge.Turns.
+// account's mutating calls), one at a time, with the lock of Lock. A turn
+// may be held on for a while after its work (the pause the next turn must
+// wait), measured by the holder's own timer, so the replicas' clocks never
+// need to agree. Its Take satisfies forge.Turns.
 type Turns struct {
 	res    *Resources
 	name   string
@@ -23,27 +22,19 @@ func (r *Resources) Turns(name, holder string) *Turns {
 	return &Turns{res: r, name: name, holder: holder}
 }
 
-// Take waits up to wait for a turn. It returns when the last turn's work
-// ended (zero when unknown: none within the bucket's TTL) and done, which
-// ends this turn, recording callEnd unless it is zero.
-func (t *Turns) Take(ctx context.Context, wait time.Duration) (last time.Time, done func(callEnd time.Time), err error) {
+// Take waits up to wait for a turn. done ends it after hold (at once when
+// hold is 0); it must be called once. A holder that dies holding a turn
+// loses it after LockTTL.
+func (t *Turns) Take(ctx context.Context, wait time.Duration) (done func(hold time.Duration), err error) {
 	unlock, err := t.res.Lock(ctx, "turns."+t.name, t.holder, wait)
 	if err != nil {
-		return time.Time{}, nil, err
+		return nil, err
 	}
-	key := "last." + hex.EncodeToString([]byte(t.name))
-	if e, err := t.res.Locks.Get(ctx, key); err == nil {
-		if ns, err := strconv.ParseInt(string(e.Value()), 10, 64); err == nil {
-			last = time.Unix(0, ns)
-		}
-	}
-	return last, func(callEnd time.Time) {
-		defer unlock()
-		if callEnd.IsZero() {
+	return func(hold time.Duration) {
+		if hold <= 0 {
+			unlock()
 			return
 		}
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_, _ = t.res.Locks.Put(pctx, key, []byte(strconv.FormatInt(callEnd.UnixNano(), 10)))
+		time.AfterFunc(hold, unlock)
 	}, nil
 }

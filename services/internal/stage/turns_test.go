@@ -3,41 +3,58 @@ package stage
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/leviathan-dev/leviathan/services/internal/forge"
 )
 
-// TestTurns: one turn at a time; each turn learns when the last call
-// ended, wherever it ran; a turn given up without a call changes nothing.
+// The turns satisfy the forge's interface, and a turn's lock outlives the
+// longest turn the forge may take.
+var _ forge.Turns = (*Turns)(nil)
+
+func TestTurnLockOutlivesTheLongestTurn(t *testing.T) {
+	if LockTTL <= forge.MaxTurn {
+		t.Fatalf("LockTTL %v, forge.MaxTurn %v: a turn's lock could lapse while it is held", LockTTL, forge.MaxTurn)
+	}
+}
+
+// TestTurns: one turn at a time; a turn held on after its work keeps the
+// next one waiting that long, by the holder's timer; another name is
+// another sequence of turns.
 func TestTurns(t *testing.T) {
 	res, _ := setup(t)
 	ctx := context.Background()
 	a, b := res.Turns("forge/api.github.com/token", "replica a"), res.Turns("forge/api.github.com/token", "replica b")
 
-	last, done, err := a.Take(ctx, time.Second)
-	if err != nil || !last.IsZero() {
-		t.Fatalf("first turn: last %v, %v", last, err)
+	done, err := a.Take(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, _, err := b.Take(ctx, 50*time.Millisecond); !errors.Is(err, ErrLocked) {
+	if _, err := b.Take(ctx, 50*time.Millisecond); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "replica a") {
 		t.Fatalf("a second turn while the first runs: %v", err)
 	}
-	end := time.Now().Add(-time.Second).Round(0)
-	done(end)
-
-	last, done, err = b.Take(ctx, time.Second)
-	if err != nil || !last.Equal(end) {
-		t.Fatalf("next turn: last %v, want %v (%v)", last, end, err)
+	ended := time.Now()
+	done(300 * time.Millisecond) // the pause after a call
+	done2, err := b.Take(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
-	done(time.Time{}) // no call made
-	if last, done, err = a.Take(ctx, time.Second); err != nil || !last.Equal(end) {
-		t.Fatalf("after a turn without a call: last %v, want %v (%v)", last, end, err)
+	if waited := time.Since(ended); waited < 300*time.Millisecond {
+		t.Fatalf("the next turn began %v after the call, want at least the 300ms pause", waited)
 	}
-	done(time.Time{})
+	done2(0)
+	start := time.Now()
+	done3, err := a.Take(ctx, time.Second) // released at once
+	if err != nil || time.Since(start) > 200*time.Millisecond {
+		t.Fatalf("after a turn ended at once: %v after %v", err, time.Since(start))
+	}
+	done3(0)
 
-	// Another name is another sequence of turns.
-	if last, done, err := res.Turns("forge/other/token", "c").Take(ctx, 50*time.Millisecond); err != nil || !last.IsZero() {
-		t.Fatalf("another name: %v %v", last, err)
+	if done, err := res.Turns("forge/other/token", "c").Take(ctx, 50*time.Millisecond); err != nil {
+		t.Fatalf("another name: %v", err)
 	} else {
-		done(time.Time{})
+		done(0)
 	}
 }
