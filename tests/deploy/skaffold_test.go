@@ -17,8 +17,14 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// schemaPath is the skaffold schema in shared/, beside the repository.
-var schemaPath = filepath.Join(root, "..", "shared", "schemas", "skaffold-v4beta13.json")
+// schemaPath is skaffold's JSON schema of v4beta13 (from skaffold's
+// repository, Apache License 2.0), kept with the tests so that they run
+// from any clone; sharedSchemaPath is the team's reference copy, in
+// shared/ beside the repository when the repository is checked out there.
+var (
+	schemaPath       = filepath.Join("testdata", "skaffold-v4beta13.json")
+	sharedSchemaPath = filepath.Join(root, "..", "shared", "schemas", "skaffold-v4beta13.json")
+)
 
 // skaffoldConfig is the part of skaffold.yaml the cross-checks read.
 type skaffoldConfig struct {
@@ -111,9 +117,14 @@ func skaffoldArtifact(t *testing.T) string {
 // TestSkaffoldSchema validates skaffold.yaml, and each profile applied to
 // it, against the schema of skaffold/v4beta13.
 func TestSkaffoldSchema(t *testing.T) {
+	if shared, err := os.ReadFile(sharedSchemaPath); err == nil {
+		if ours, err := os.ReadFile(schemaPath); err != nil || !bytes.Equal(ours, shared) {
+			t.Fatalf("%s differs from the reference copy %s: copy it over (%v)", schemaPath, sharedSchemaPath, err)
+		}
+	}
 	f, err := os.Open(schemaPath)
 	if err != nil {
-		t.Fatalf("the skaffold schema is expected in shared/ beside the repository: %v", err)
+		t.Fatal(err)
 	}
 	defer f.Close()
 	doc, err := jsonschema.UnmarshalJSON(f)
