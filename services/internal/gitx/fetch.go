@@ -122,7 +122,9 @@ func fetch(ctx context.Context, r Remote, branch string, path string, opt FetchO
 
 	for _, s := range plan {
 		f := &fetcher{remote: r, sess: sess, caps: adv.Capabilities, strategy: s, store: memory.NewStorage()}
-		if err = f.run(ctx, tip, elems); err != nil {
+		err = f.run(ctx, tip, elems)
+		f.closeSpilled()
+		if err != nil {
 			// Fall back only when choosing automatically and only on a
 			// refusal: a network or auth failure would fail again.
 			if opt.Strategy == "" && errors.Is(err, errRefused) {
@@ -198,6 +200,10 @@ type fetcher struct {
 	// keep lists the objects on the path (commit, trees, blob): all that
 	// a snapshot of a blob-none or shallow fetch needs to hold.
 	keep []plumbing.Hash
+	// spilled are the answers too large to hold in memory (a shallow
+	// fetch of a large repository): kept in temporary files, indexed,
+	// and read object by object as the walk needs them (has).
+	spilled []*spilledPack
 }
 
 // run fetches the tip commit, then walks the path, fetching whatever is
@@ -215,6 +221,7 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 	if err := f.uploadPack(ctx, []plumbing.Hash{tip}, 1, filter); err != nil {
 		return err
 	}
+	f.has(tip)
 	commit, err := object.GetCommit(f.store, tip)
 	if err != nil {
 		return fmt.Errorf("gitx: fetch %s: the server did not send commit %s: %w", f.remote.displayURL(), tip, err)
@@ -242,7 +249,7 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 			return nil
 		}
 		f.keep = append(f.keep, e.Hash)
-		if f.store.HasEncodedObject(e.Hash) == nil {
+		if f.has(e.Hash) {
 			return nil
 		}
 		// No filter for the blob: an explicitly wanted object is always
@@ -250,7 +257,7 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 		if err := f.uploadPack(ctx, []plumbing.Hash{e.Hash}, 0, ""); err != nil {
 			return err
 		}
-		if f.store.HasEncodedObject(e.Hash) != nil {
+		if !f.has(e.Hash) {
 			return fmt.Errorf("gitx: fetch %s: %w: the server did not send blob %s", f.remote.displayURL(), errRefused, e.Hash)
 		}
 	}
@@ -267,7 +274,7 @@ const fileDirFilter packp.Filter = "combine:tree:1+blob:limit=1m"
 // tree returns tree h, fetching it first if the snapshot lacks it. fileDir
 // says h is the directory holding the file.
 func (f *fetcher) tree(ctx context.Context, h plumbing.Hash, fileDir bool) (*object.Tree, error) {
-	if f.store.HasEncodedObject(h) != nil {
+	if !f.has(h) {
 		if f.strategy != StrategyMinimal {
 			return nil, fmt.Errorf("gitx: fetch %s: %w: the server did not send tree %s", f.remote.displayURL(), errRefused, h)
 		}
@@ -291,6 +298,7 @@ func (f *fetcher) tree(ctx context.Context, h plumbing.Hash, fileDir bool) (*obj
 		if err != nil {
 			return nil, err
 		}
+		f.has(h)
 	}
 	t, err := object.GetTree(f.store, h)
 	if err != nil {
@@ -351,13 +359,21 @@ func (f *fetcher) uploadPack(ctx context.Context, wants []plumbing.Hash, depth i
 		// Progress is nil: channel 2 is dropped, channel 3 becomes an error.
 		body = sideband.NewDemuxer(band, res)
 	}
-	pack, err := io.ReadAll(body)
+	pack, file, err := readPack(body)
 	if err != nil {
 		return f.readError(err)
 	}
 	// The demuxer stops at the flush-pkt; read what follows so the byte
 	// count is complete and the connection can be reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(res, 64<<10))
+	if file != nil {
+		sp, err := indexSpilled(file)
+		if err != nil {
+			return fmt.Errorf("gitx: fetch %s: %w", f.remote.displayURL(), err)
+		}
+		f.spilled = append(f.spilled, sp)
+		return nil
+	}
 	if len(pack) == 0 {
 		return fmt.Errorf("gitx: fetch %s: %w: empty pack", f.remote.displayURL(), errRefused)
 	}
@@ -396,7 +412,7 @@ func (f *fetcher) readError(err error) error {
 // repository must not become a snapshot of the same size.
 func (f *fetcher) snapshotPack() ([]byte, error) {
 	hashes := f.keep
-	if f.strategy == StrategyMinimal {
+	if f.strategy == StrategyMinimal && len(f.spilled) == 0 {
 		if len(f.packs) == 1 {
 			return f.packs[0], nil
 		}

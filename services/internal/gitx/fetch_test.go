@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -292,4 +294,52 @@ func errorChain(err error) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// TestFetchSpilled: answers too large for memory go to a temporary file and
+// are read object by object; the snapshot is the same as from memory, and
+// no file is left behind.
+func TestFetchSpilled(t *testing.T) {
+	tf := startForge(t, nil)
+	files := bigRepo()
+	r, dir := tf.repo(t, "big", files)
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	defer func(old int) { spillAt = old }(spillAt)
+	spillAt = 0 // every answer spills
+	for _, tc := range []struct {
+		strategy Strategy
+		file     string
+	}{
+		{StrategyShallow, backlogPath},
+		{StrategyShallow, "dir07/sub1/deep/config.yaml"},
+		{StrategyBlobNone, "dir07/sub1/deep/config.yaml"},
+		{StrategyShallow, "no/such/file.yaml"},
+	} {
+		snap, err := Fetch(context.Background(), r, "main", tc.file, FetchOptions{Strategy: tc.strategy})
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.strategy, tc.file, err)
+		}
+		repo, err := OpenPack(snap.Pack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _, err := repo.ReadFile(snap.Commit, tc.file)
+		if _, exists := files[tc.file]; !exists {
+			if !errors.Is(err, ErrFileNotFound) {
+				t.Fatalf("%s: ReadFile of a missing file: %v", tc.file, err)
+			}
+			continue
+		}
+		if err != nil || !bytes.Equal(data, files[tc.file]) {
+			t.Fatalf("%s %s: ReadFile = %q, %v", tc.strategy, tc.file, data, err)
+		}
+		got, want := packContents(t, snap.Pack), wantObjects(t, dir, tc.strategy, tc.file)
+		if !maps.Equal(got, want) {
+			t.Errorf("%s %s: snapshot holds %v, want %v", tc.strategy, tc.file, got, want)
+		}
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
 }
