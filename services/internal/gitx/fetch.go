@@ -360,6 +360,9 @@ func (f *fetcher) uploadPack(ctx context.Context, wants []plumbing.Hash, depth i
 		body = sideband.NewDemuxer(band, res)
 	}
 	pack, file, err := readPack(body)
+	if errors.Is(err, errSpill) {
+		return fmt.Errorf("gitx: fetch %s (%s): %w", f.remote.displayURL(), f.strategy, err)
+	}
 	if err != nil {
 		return f.readError(err)
 	}

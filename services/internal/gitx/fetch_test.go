@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -341,5 +342,19 @@ func TestFetchSpilled(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// TestFetchSpillFailure: no room for a large answer is said as such, not
+// taken for the server refusing the strategy.
+func TestFetchSpillFailure(t *testing.T) {
+	tf := startForge(t, nil)
+	r, _ := tf.repo(t, "big", bigRepo())
+	t.Setenv("TMPDIR", filepath.Join(t.TempDir(), "missing"))
+	defer func(old int) { spillAt = old }(spillAt)
+	spillAt = 0
+	_, err := Fetch(context.Background(), r, "main", backlogPath, FetchOptions{})
+	if !errors.Is(err, errSpill) || errors.Is(err, errRefused) {
+		t.Fatalf("Fetch with no temporary directory: %v", err)
 	}
 }

@@ -19,8 +19,12 @@ import (
 // over a gigabyte.
 var spillAt = 16 << 20
 
+// errSpill marks a failure to keep a large pack on disk (no room in the
+// temporary directory, say): not the server's refusal, nor the network.
+var errSpill = errors.New("cannot keep a large pack in the temporary directory")
+
 // readPack reads a pack: into memory up to spillAt, into a temporary file
-// (os.TempDir) beyond. The caller owns the file (spilledPack.close).
+// (os.TempDir) beyond. The caller owns the file (closeSpilled).
 func readPack(r io.Reader) (pack []byte, file *os.File, err error) {
 	var buf bytes.Buffer
 	n, err := io.CopyN(&buf, r, int64(spillAt)+1)
@@ -32,21 +36,41 @@ func readPack(r io.Reader) (pack []byte, file *os.File, err error) {
 	}
 	file, err = os.CreateTemp("", "leviathan-pack-*")
 	if err != nil {
-		return nil, nil, fmt.Errorf("spilling a large pack: %w", err)
+		return nil, nil, fmt.Errorf("%w: %w", errSpill, err)
 	}
 	// Unlinked at once: the open file is all that needs it, and nothing is
 	// left behind if the process dies.
 	_ = os.Remove(file.Name())
 	if _, err := buf.WriteTo(file); err != nil {
 		file.Close()
-		return nil, nil, fmt.Errorf("spilling a large pack: %w", err)
+		return nil, nil, fmt.Errorf("%w: %w", errSpill, err)
 	}
 	buf = bytes.Buffer{}
-	if _, err := io.Copy(file, r); err != nil {
+	if _, err := io.Copy(writerOnly{file}, r); err != nil {
 		file.Close()
+		var we *writeError
+		if errors.As(err, &we) {
+			return nil, nil, fmt.Errorf("%w: %w", errSpill, we.err)
+		}
 		return nil, nil, err
 	}
 	return nil, file, nil
+}
+
+// writerOnly tells the file's write errors from the reader's in io.Copy
+// (and hides ReadFrom, so that the copy goes through Write).
+type writerOnly struct{ f *os.File }
+
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+
+func (w writerOnly) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		return n, &writeError{err}
+	}
+	return n, nil
 }
 
 // spilledPack is a pack in a temporary file with its index, read object
