@@ -204,6 +204,9 @@ type fetcher struct {
 	// fetch of a large repository): kept in temporary files, indexed,
 	// and read object by object as the walk needs them (has).
 	spilled []*spilledPack
+	// spilledAny stays set after closeSpilled: the snapshot then holds
+	// only what the walk copied into store.
+	spilledAny bool
 }
 
 // run fetches the tip commit, then walks the path, fetching whatever is
@@ -221,7 +224,9 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 	if err := f.uploadPack(ctx, []plumbing.Hash{tip}, 1, filter); err != nil {
 		return err
 	}
-	f.has(tip)
+	if _, err := f.has(tip); err != nil {
+		return err
+	}
 	commit, err := object.GetCommit(f.store, tip)
 	if err != nil {
 		return fmt.Errorf("gitx: fetch %s: the server did not send commit %s: %w", f.remote.displayURL(), tip, err)
@@ -249,15 +254,17 @@ func (f *fetcher) run(ctx context.Context, tip plumbing.Hash, elems []string) er
 			return nil
 		}
 		f.keep = append(f.keep, e.Hash)
-		if f.has(e.Hash) {
-			return nil
+		if ok, err := f.has(e.Hash); ok || err != nil {
+			return err
 		}
 		// No filter for the blob: an explicitly wanted object is always
 		// sent, exactly as git's own lazy fetch of a missing blob does.
 		if err := f.uploadPack(ctx, []plumbing.Hash{e.Hash}, 0, ""); err != nil {
 			return err
 		}
-		if !f.has(e.Hash) {
+		if ok, err := f.has(e.Hash); err != nil {
+			return err
+		} else if !ok {
 			return fmt.Errorf("gitx: fetch %s: %w: the server did not send blob %s", f.remote.displayURL(), errRefused, e.Hash)
 		}
 	}
@@ -274,7 +281,11 @@ const fileDirFilter packp.Filter = "combine:tree:1+blob:limit=1m"
 // tree returns tree h, fetching it first if the snapshot lacks it. fileDir
 // says h is the directory holding the file.
 func (f *fetcher) tree(ctx context.Context, h plumbing.Hash, fileDir bool) (*object.Tree, error) {
-	if !f.has(h) {
+	ok, err := f.has(h)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
 		if f.strategy != StrategyMinimal {
 			return nil, fmt.Errorf("gitx: fetch %s: %w: the server did not send tree %s", f.remote.displayURL(), errRefused, h)
 		}
@@ -298,7 +309,9 @@ func (f *fetcher) tree(ctx context.Context, h plumbing.Hash, fileDir bool) (*obj
 		if err != nil {
 			return nil, err
 		}
-		f.has(h)
+		if _, err := f.has(h); err != nil {
+			return nil, err
+		}
 	}
 	t, err := object.GetTree(f.store, h)
 	if err != nil {
@@ -375,6 +388,7 @@ func (f *fetcher) uploadPack(ctx context.Context, wants []plumbing.Hash, depth i
 			return fmt.Errorf("gitx: fetch %s: %w", f.remote.displayURL(), err)
 		}
 		f.spilled = append(f.spilled, sp)
+		f.spilledAny = true
 		return nil
 	}
 	if len(pack) == 0 {
@@ -415,7 +429,7 @@ func (f *fetcher) readError(err error) error {
 // repository must not become a snapshot of the same size.
 func (f *fetcher) snapshotPack() ([]byte, error) {
 	hashes := f.keep
-	if f.strategy == StrategyMinimal && len(f.spilled) == 0 {
+	if f.strategy == StrategyMinimal && !f.spilledAny {
 		if len(f.packs) == 1 {
 			return f.packs[0], nil
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -356,5 +357,42 @@ func TestFetchSpillFailure(t *testing.T) {
 	_, err := Fetch(context.Background(), r, "main", backlogPath, FetchOptions{})
 	if !errors.Is(err, errSpill) || errors.Is(err, errRefused) {
 		t.Fatalf("Fetch with no temporary directory: %v", err)
+	}
+}
+
+// TestFetchMinimalSpillsOneAnswer: a minimal fetch whose first answer
+// stays in memory and whose second spills (a large sibling of the file in
+// its directory) still snapshots the whole path.
+func TestFetchMinimalSpillsOneAnswer(t *testing.T) {
+	tf := startForge(t, nil)
+	big := make([]byte, 200<<10)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range big {
+		big[i] = byte(rng.Uint32()) // incompressible
+	}
+	files := map[string][]byte{backlogPath: []byte("tasks: []\n"), ".leviathan/big.bin": big, "README.md": []byte("hi\n")}
+	r, dir := tf.repo(t, "sibling", files)
+	t.Setenv("TMPDIR", t.TempDir())
+	defer func(old int) { spillAt = old }(spillAt)
+	spillAt = 50 << 10
+	for _, strategy := range []Strategy{StrategyMinimal, ""} {
+		snap, err := Fetch(context.Background(), r, "main", backlogPath, FetchOptions{Strategy: strategy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		repo, err := OpenPack(snap.Pack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data, _, err := repo.ReadFile(snap.Commit, backlogPath); err != nil || !bytes.Equal(data, files[backlogPath]) {
+			t.Fatalf("%q: ReadFile = %q, %v", strategy, data, err)
+		}
+		want := map[string]string{
+			git(t, dir, "rev-parse", "main"): "commit", git(t, dir, "rev-parse", "main^{tree}"): "tree",
+			git(t, dir, "rev-parse", "main:.leviathan"): "tree", git(t, dir, "rev-parse", "main:"+backlogPath): "blob",
+		}
+		if got := packContents(t, snap.Pack); !maps.Equal(got, want) {
+			t.Errorf("%q: snapshot holds %v, want the path %v", strategy, got, want)
+		}
 	}
 }

@@ -23,9 +23,36 @@ var spillAt = 16 << 20
 // temporary directory, say): not the server's refusal, nor the network.
 var errSpill = errors.New("cannot keep a large pack in the temporary directory")
 
+// tempFile is a temporary file, unlinked at once where the system allows
+// it (nothing is left behind if the process dies), else removed on close.
+type tempFile struct {
+	*os.File
+	linked bool
+}
+
+func newTempFile() (*tempFile, error) {
+	f, err := os.CreateTemp("", "leviathan-pack-*")
+	if err != nil {
+		return nil, err
+	}
+	return &tempFile{File: f, linked: os.Remove(f.Name()) != nil}, nil
+}
+
+func (t *tempFile) close() {
+	_ = t.File.Close()
+	if t.linked {
+		_ = os.Remove(t.Name())
+	}
+}
+
+// Lock and Unlock make it the billy.File go-git's Packfile reads from;
+// nothing else opens the file.
+func (*tempFile) Lock() error   { return nil }
+func (*tempFile) Unlock() error { return nil }
+
 // readPack reads a pack: into memory up to spillAt, into a temporary file
-// (os.TempDir) beyond. The caller owns the file (closeSpilled).
-func readPack(r io.Reader) (pack []byte, file *os.File, err error) {
+// (os.TempDir) beyond. The caller owns the file (indexSpilled).
+func readPack(r io.Reader) (pack []byte, file *tempFile, err error) {
 	var buf bytes.Buffer
 	n, err := io.CopyN(&buf, r, int64(spillAt)+1)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -34,20 +61,16 @@ func readPack(r io.Reader) (pack []byte, file *os.File, err error) {
 	if n <= int64(spillAt) {
 		return buf.Bytes(), nil, nil
 	}
-	file, err = os.CreateTemp("", "leviathan-pack-*")
-	if err != nil {
+	if file, err = newTempFile(); err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", errSpill, err)
 	}
-	// Unlinked at once: the open file is all that needs it, and nothing is
-	// left behind if the process dies.
-	_ = os.Remove(file.Name())
 	if _, err := buf.WriteTo(file); err != nil {
-		file.Close()
+		file.close()
 		return nil, nil, fmt.Errorf("%w: %w", errSpill, err)
 	}
 	buf = bytes.Buffer{}
-	if _, err := io.Copy(writerOnly{file}, r); err != nil {
-		file.Close()
+	if _, err := io.Copy(writerOnly{file.File}, r); err != nil {
+		file.close()
 		var we *writeError
 		if errors.As(err, &we) {
 			return nil, nil, fmt.Errorf("%w: %w", errSpill, we.err)
@@ -76,19 +99,20 @@ func (w writerOnly) Write(p []byte) (int, error) {
 // spilledPack is a pack in a temporary file with its index, read object
 // by object.
 type spilledPack struct {
-	file *os.File
+	file *tempFile
 	pack *packfile.Packfile
 }
 
 // indexSpilled indexes the pack in file (checking every object's hash, as
-// parsing into memory does) and opens it for reads by hash.
-func indexSpilled(file *os.File) (*spilledPack, error) {
-	if _, err := file.Seek(0, io.SeekStart); err != nil {
-		file.Close()
-		return nil, err
-	}
+// parsing into memory does) and opens it for reads by hash. It closes the
+// file if it fails.
+func indexSpilled(file *tempFile) (*spilledPack, error) {
+	_, err := file.Seek(0, io.SeekStart)
 	w := new(idxfile.Writer)
-	p, err := packfile.NewParser(packfile.NewScanner(file), w)
+	var p *packfile.Parser
+	if err == nil {
+		p, err = packfile.NewParser(packfile.NewScanner(file.File), w)
+	}
 	if err == nil {
 		_, err = p.Parse()
 	}
@@ -97,47 +121,43 @@ func indexSpilled(file *os.File) (*spilledPack, error) {
 		idx, err = w.Index()
 	}
 	if err != nil {
-		file.Close()
+		file.close()
 		return nil, fmt.Errorf("reading pack: %w", err)
 	}
 	// No filesystem: objects come back as memory objects, which outlive
 	// the file.
-	return &spilledPack{file: file, pack: packfile.NewPackfile(idx, nil, lockless{file}, 0)}, nil
+	return &spilledPack{file: file, pack: packfile.NewPackfile(idx, nil, file, 0)}, nil
 }
 
 // has reports whether the snapshot holds object h, copying it into memory
 // from a spilled pack if it is there (the objects on the path are few and
-// small).
-func (f *fetcher) has(h plumbing.Hash) bool {
+// small). An error is a failure to read a spilled pack, not a missing
+// object.
+func (f *fetcher) has(h plumbing.Hash) (bool, error) {
 	if f.store.HasEncodedObject(h) == nil {
-		return true
+		return true, nil
 	}
 	for _, sp := range f.spilled {
 		obj, err := sp.pack.Get(h)
-		if err != nil {
+		if errors.Is(err, plumbing.ErrObjectNotFound) {
 			continue
 		}
-		if _, err := f.store.SetEncodedObject(obj); err == nil {
-			return true
+		if err == nil {
+			_, err = f.store.SetEncodedObject(obj)
 		}
+		if err != nil {
+			return false, fmt.Errorf("gitx: fetch %s: reading %s from a spilled pack: %w", f.remote.displayURL(), h, err)
+		}
+		return true, nil
 	}
-	return false
+	return false, nil
 }
 
-// closeSpilled closes the spilled packs (their files are already
-// unlinked).
+// closeSpilled closes the spilled packs and their files.
 func (f *fetcher) closeSpilled() {
 	for _, sp := range f.spilled {
-		_ = sp.pack.Close()
-		_ = sp.file.Close()
-		_ = os.Remove(sp.file.Name()) // where an open file cannot be unlinked
+		_ = sp.pack.Close() // closes the file too
+		sp.file.close()
 	}
 	f.spilled = nil
 }
-
-// lockless is an *os.File as the billy.File that go-git's Packfile reads
-// from; nothing else opens the file, so locking is not needed.
-type lockless struct{ *os.File }
-
-func (lockless) Lock() error   { return nil }
-func (lockless) Unlock() error { return nil }
