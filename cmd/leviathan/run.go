@@ -137,16 +137,7 @@ func (e environment) natsOptions() []nats.Option {
 // connect opens a client connection to NATS for a CLI command, with the
 // credentials of the environment, and its JetStream context.
 func (e environment) connect(url, command string) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(url, append(e.natsOptions(), nats.Name("leviathan-"+command))...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, err
-	}
-	return nc, js, nil
+	return app.Dial(url, command, e.natsOptions()...)
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

@@ -87,17 +87,26 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// Connect opens the NATS connection and ensures the shared resources.
-// opts add to the defaults (name, reconnect forever), e.g. credentials.
-func Connect(ctx context.Context, url, name string, replicas int, opts ...nats.Option) (*nats.Conn, *stage.Resources, error) {
-	opts = append([]nats.Option{nats.Name("leviathan-" + name), nats.MaxReconnects(-1)}, opts...)
-	nc, err := nats.Connect(url, opts...)
+// Dial connects to NATS as leviathan-<name>; opts add to that, e.g.
+// credentials. It returns the JetStream context too.
+func Dial(url, name string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("leviathan-" + name)}, opts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// Connect opens a service's NATS connection (reconnecting forever) and
+// ensures the shared resources. opts add to the defaults, e.g. credentials.
+func Connect(ctx context.Context, url, name string, replicas int, opts ...nats.Option) (*nats.Conn, *stage.Resources, error) {
+	nc, js, err := Dial(url, name, append([]nats.Option{nats.MaxReconnects(-1)}, opts...)...)
+	if err != nil {
 		return nil, nil, err
 	}
 	res, err := stage.Ensure(ctx, js, stage.ResourceConfig{Replicas: replicas})

@@ -122,19 +122,14 @@ func fetch(ctx context.Context, r Remote, branch string, path string, opt FetchO
 
 	for _, s := range plan {
 		f := &fetcher{remote: r, sess: sess, caps: adv.Capabilities, strategy: s, store: memory.NewStorage()}
-		err = f.run(ctx, tip, elems)
-		f.closeSpilled()
-		if err != nil {
+		var pack []byte
+		if pack, err = f.snapshot(ctx, tip, elems); err != nil {
 			// Fall back only when choosing automatically and only on a
 			// refusal: a network or auth failure would fail again.
 			if opt.Strategy == "" && errors.Is(err, errRefused) {
 				continue
 			}
 			break
-		}
-		pack, err := f.snapshotPack()
-		if err != nil {
-			return nil, err
 		}
 		return &Snapshot{Commit: tip, Strategy: s, BytesFetched: fetched.Load(), Pack: pack}, nil
 	}
@@ -204,9 +199,15 @@ type fetcher struct {
 	// fetch of a large repository): kept in temporary files, indexed,
 	// and read object by object as the walk needs them (has).
 	spilled []*spilledPack
-	// spilledAny stays set after closeSpilled: the snapshot then holds
-	// only what the walk copied into store.
-	spilledAny bool
+}
+
+// snapshot runs the strategy and returns the snapshot's pack.
+func (f *fetcher) snapshot(ctx context.Context, tip plumbing.Hash, elems []string) ([]byte, error) {
+	defer f.closeSpilled()
+	if err := f.run(ctx, tip, elems); err != nil {
+		return nil, err
+	}
+	return f.snapshotPack()
 }
 
 // run fetches the tip commit, then walks the path, fetching whatever is
@@ -388,7 +389,6 @@ func (f *fetcher) uploadPack(ctx context.Context, wants []plumbing.Hash, depth i
 			return fmt.Errorf("gitx: fetch %s: %w", f.remote.displayURL(), err)
 		}
 		f.spilled = append(f.spilled, sp)
-		f.spilledAny = true
 		return nil
 	}
 	if len(pack) == 0 {
@@ -429,7 +429,7 @@ func (f *fetcher) readError(err error) error {
 // repository must not become a snapshot of the same size.
 func (f *fetcher) snapshotPack() ([]byte, error) {
 	hashes := f.keep
-	if f.strategy == StrategyMinimal && !f.spilledAny {
+	if f.strategy == StrategyMinimal && len(f.spilled) == 0 {
 		if len(f.packs) == 1 {
 			return f.packs[0], nil
 		}

@@ -159,5 +159,4 @@ func (f *fetcher) closeSpilled() {
 		_ = sp.pack.Close() // closes the file too
 		sp.file.close()
 	}
-	f.spilled = nil
 }
