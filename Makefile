@@ -2,7 +2,7 @@
 GO      ?= go
 BIN     ?= bin/leviathan
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/leviathan-dev/leviathan/services/app.Version=0.1.0-$(VERSION)
+LDFLAGS := -X github.com/leviathan-dev/leviathan/internal/stack.Version=0.1.0-$(VERSION)
 
 .PHONY: all build demo dev test test-deps test-short lint fuzz clean
 
@@ -53,14 +53,14 @@ bench: $(BENCHES)
 # times one attempt's git work per strategy and the git CLI baselines, and
 # writes the "git" key of bench/results.json.
 bench-git:
-	$(GO) run ./services/internal/gitx/gitbench $(BENCH_GIT_FLAGS)
+	$(GO) run ./bench/gitbench $(BENCH_GIT_FLAGS)
 
 # Fills a JetStream stream with 1,000,000 realistic events and measures the
 # projector's replay rate, the graph summary's latency and the graph's memory
 # per attempt; writes the "projector" key of bench/results.json.
 # Flags: make bench-projector BENCH_PROJECTOR_FLAGS='-events 200000'.
 bench-projector:
-	$(GO) run ./services/projector/projbench $(BENCH_PROJECTOR_FLAGS)
+	$(GO) run ./bench/projbench $(BENCH_PROJECTOR_FLAGS)
 
 # Kubernetes on a local kind cluster (README "Run on kind"). `make dev` stays
 # the laptop stack; `make kind-dev` (or `skaffold dev`) is the cluster one.

@@ -25,6 +25,15 @@ const DefaultBranchPrefix = "agent/backlog-propose-"
 // BacklogPath is the file an attempt edits.
 const BacklogPath = ".leviathan/backlog.yaml"
 
+// SubmitResponse answers a request sent to leviathan.api.submit: the
+// attempt id and its status, or the error and the field it is about.
+type SubmitResponse struct {
+	AttemptID string `json:"attempt_id,omitempty"`
+	Status    string `json:"status,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Field     string `json:"field,omitempty"`
+}
+
 // ValidationError says which field of a request is wrong and why.
 type ValidationError struct {
 	Field  string

@@ -117,6 +117,10 @@ type Fetched struct {
 	Snapshot     string `json:"snapshot"`
 }
 
+// SnapshotRefs names the objects of the snapshot bucket that the next
+// stage reads: the fetched repository.
+func (f *Fetched) SnapshotRefs() (pack string, objects []string) { return f.Snapshot, nil }
+
 // Edited is the payload of backlog.edited and backlog.unchanged.
 type Edited struct {
 	Ref
@@ -129,6 +133,12 @@ type Edited struct {
 	// BaseSnapshot is the object holding the fetched base objects.
 	BaseSnapshot string `json:"base_snapshot"`
 	Note         string `json:"note,omitempty"`
+}
+
+// SnapshotRefs names the objects of the snapshot bucket that push reads:
+// the fetched repository and the edited backlog.
+func (e *Edited) SnapshotRefs() (pack string, objects []string) {
+	return e.BaseSnapshot, []string{e.Snapshot}
 }
 
 // Pushed is the payload of branch.pushed.

@@ -11,7 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/policy"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 const configUsage = `Usage:
@@ -71,11 +72,11 @@ func cmdConfig(ctx context.Context, args []string, env environment, stdout, stde
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, app.ConfigBucket)
+	kv, err := js.KeyValue(ctx, stage.ConfigBucket)
 	if err != nil {
-		return fmt.Errorf("bucket %s (is a Leviathan service running against this NATS?): %w", app.ConfigBucket, err)
+		return fmt.Errorf("bucket %s (is a Leviathan service running against this NATS?): %w", stage.ConfigBucket, err)
 	}
-	store := app.PolicyStore{KV: kv}
+	store := policy.Store{KV: kv}
 
 	switch sub {
 	case "get":
@@ -104,7 +105,7 @@ func cmdConfig(ctx context.Context, args []string, env environment, stdout, stde
 	case "set":
 		// A broken stored value is replaced, not merged into.
 		p, err := store.Get(ctx, target)
-		if err != nil && !errors.Is(err, app.ErrPolicyInvalid) {
+		if err != nil && !errors.Is(err, policy.ErrInvalid) {
 			return err
 		}
 		if autonomy.set {
@@ -140,7 +141,7 @@ func cmdConfig(ctx context.Context, args []string, env environment, stdout, stde
 }
 
 // printPolicy prints the effective policy, defaults filled in.
-func printPolicy(w io.Writer, target string, p app.Policy) error {
+func printPolicy(w io.Writer, target string, p policy.Policy) error {
 	b, err := json.MarshalIndent(map[string]any{
 		"target": target, "autonomy_enabled": p.Autonomy(), "max_open_prs": p.OpenPRLimit(),
 		"allowed_path_prefixes": p.AllowedPathPrefixes,

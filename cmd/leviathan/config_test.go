@@ -10,13 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/stack"
 )
 
 func TestConfigCommand(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := app.StartStack(ctx, app.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
 		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -85,17 +85,17 @@ func TestForgeEnvironment(t *testing.T) {
 	for _, tc := range []struct {
 		vars    map[string]string
 		wantErr string
-		check   func(app.ForgeConfig) bool
+		check   func(stack.ForgeConfig) bool
 	}{
-		{vars: nil, check: func(c app.ForgeConfig) bool { return !c.IsApp() && c.MinInterval == 0 }},
+		{vars: nil, check: func(c stack.ForgeConfig) bool { return !c.IsApp() && c.MinInterval == 0 }},
 		{vars: map[string]string{"LEVIATHAN_GITHUB_APP_ID": "12", "LEVIATHAN_GITHUB_APP_INSTALLATION_ID": "34", "LEVIATHAN_GITHUB_APP_PRIVATE_KEY_PATH": "/k.pem"},
-			check: func(c app.ForgeConfig) bool {
+			check: func(c stack.ForgeConfig) bool {
 				return c.AppID == 12 && c.InstallationID == 34 && c.AppPrivateKeyPath == "/k.pem"
 			}},
 		{vars: map[string]string{"LEVIATHAN_GITHUB_APP_ID": "12"}, wantErr: "LEVIATHAN_GITHUB_APP_INSTALLATION_ID"},
 		{vars: map[string]string{"LEVIATHAN_GITHUB_APP_ID": "x"}, wantErr: "LEVIATHAN_GITHUB_APP_ID"},
 		{vars: map[string]string{"LEVIATHAN_FORGE_MIN_INTERVAL": "2s", "LEVIATHAN_FORGE_RATE_LIMIT_BACKOFF": "90s"},
-			check: func(c app.ForgeConfig) bool {
+			check: func(c stack.ForgeConfig) bool {
 				return c.MinInterval == 2*time.Second && c.RateLimitBackoff == 90*time.Second
 			}},
 		{vars: map[string]string{"LEVIATHAN_FORGE_MIN_INTERVAL": "soon"}, wantErr: "LEVIATHAN_FORGE_MIN_INTERVAL"},

@@ -15,11 +15,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/stack"
 )
 
 // stackFlags are the flags dev and demo share.
-func stackFlags(fs *flag.FlagSet, cfg *app.StackConfig, dataDir, natsAddr, forgeAddr, httpAddr string) {
+func stackFlags(fs *flag.FlagSet, cfg *stack.StackConfig, dataDir, natsAddr, forgeAddr, httpAddr string) {
 	fs.StringVar(&cfg.DataDir, "data-dir", dataDir, "directory for NATS storage, repositories, PR records and tokens")
 	fs.StringVar(&cfg.NATSAddr, "nats-addr", natsAddr, "embedded NATS listen address (port 0: any free port)")
 	fs.StringVar(&cfg.ForgeAddr, "forge-addr", forgeAddr, "localforge listen address")
@@ -29,14 +29,14 @@ func stackFlags(fs *flag.FlagSet, cfg *app.StackConfig, dataDir, natsAddr, forge
 func cmdDev(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var cfg app.StackConfig
+	var cfg stack.StackConfig
 	stackFlags(fs, &cfg, ".leviathan-dev", "127.0.0.1:4222", "127.0.0.1:3000", "127.0.0.1:8000")
 	if err := fs.Parse(args); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
 	cfg.ControlToken = env.ControlToken
 	cfg.Logger = newLogger(stderr, env.LogLevel)
-	s, err := app.StartStack(ctx, cfg)
+	s, err := stack.StartStack(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -46,7 +46,7 @@ func cmdDev(ctx context.Context, args []string, env environment, stdout, stderr 
 	return s.Close()
 }
 
-func printDevHelp(w io.Writer, s *app.Stack) {
+func printDevHelp(w io.Writer, s *stack.Stack) {
 	abs, _ := filepath.Abs(s.DataDir())
 	fmt.Fprintf(w, `Leviathan is running.
   NATS (JetStream)   %s
@@ -77,7 +77,7 @@ Ctrl-C stops everything; state is kept in the data directory.
 func cmdDemo(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var cfg app.StackConfig
+	var cfg stack.StackConfig
 	// Free ports and a fresh directory by default, so the demo runs next
 	// to a `leviathan dev` and twice in a row.
 	stackFlags(fs, &cfg, "", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
@@ -95,7 +95,7 @@ func cmdDemo(ctx context.Context, args []string, env environment, stdout, stderr
 	}
 	cfg.ControlToken = env.ControlToken
 	cfg.Logger = newLogger(stderr, firstSet(env.LogLevel, "warn"))
-	s, err := app.StartStack(ctx, cfg)
+	s, err := stack.StartStack(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/stack"
 )
 
 // forgeEnv is the forge configuration beyond the token, as read from the
@@ -29,8 +29,8 @@ func forgeEnvFrom(getenv func(string) string) forgeEnv {
 }
 
 // config parses the variables; each error names its variable.
-func (e forgeEnv) config() (app.ForgeConfig, error) {
-	var c app.ForgeConfig
+func (e forgeEnv) config() (stack.ForgeConfig, error) {
+	var c stack.ForgeConfig
 	for _, v := range []struct {
 		name, value string
 		dst         *int64

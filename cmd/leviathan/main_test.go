@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/stack"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -92,7 +92,7 @@ func TestSubmitWithoutServer(t *testing.T) {
 func TestSubmitWait(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := app.StartStack(ctx, app.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
 		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

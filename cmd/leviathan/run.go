@@ -11,11 +11,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/stack"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
-var version = app.Version
+var version = stack.Version
 
 const usage = `leviathan proposes tasks to repositories as pull requests.
 
@@ -137,7 +137,7 @@ func (e environment) natsOptions() []nats.Option {
 // connect opens a client connection to NATS for a CLI command, with the
 // credentials of the environment, and its JetStream context.
 func (e environment) connect(url, command string) (*nats.Conn, jetstream.JetStream, error) {
-	return app.Dial(url, command, e.natsOptions()...)
+	return stack.Dial(url, command, e.natsOptions()...)
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

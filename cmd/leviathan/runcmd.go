@@ -8,16 +8,16 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/stack"
 )
 
 // cmdRun runs one service against an existing NATS deployment: the mode of
 // the Kubernetes Deployments (`leviathan run clone`, ...).
 func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return &exitError{code: 2, msg: fmt.Sprintf("run: which service? one of %s", strings.Join(app.ServiceNames, ", "))}
+		return &exitError{code: 2, msg: fmt.Sprintf("run: which service? one of %s", strings.Join(stack.ServiceNames, ", "))}
 	}
-	cfg := app.ServiceConfig{
+	cfg := stack.ServiceConfig{
 		Name: args[0], NATSOptions: env.natsOptions(), GitUsername: env.GitUsername, GitToken: env.GitToken,
 		ForgeToken: env.ForgeToken, ForgeAPIURL: env.ForgeAPIURL, ControlToken: env.ControlToken,
 	}
@@ -47,5 +47,5 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 		cfg.Replicas = n
 	}
 	cfg.Logger = newLogger(stderr, env.LogLevel).With("service", cfg.Name)
-	return app.RunService(ctx, cfg)
+	return stack.RunService(ctx, cfg)
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/clone"
 )
 
 // stringList is a repeatable string flag.
@@ -98,7 +97,7 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 }
 
 // submit sends a request to leviathan.api.submit and decodes the answer.
-func submit(ctx context.Context, nc *nats.Conn, body []byte) (*clone.SubmitResponse, error) {
+func submit(ctx context.Context, nc *nats.Conn, body []byte) (*events.SubmitResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	msg, err := nc.RequestWithContext(rctx, "leviathan.api.submit", body)
@@ -108,7 +107,7 @@ func submit(ctx context.Context, nc *nats.Conn, body []byte) (*clone.SubmitRespo
 		}
 		return nil, fmt.Errorf("submit: %w", err)
 	}
-	var resp clone.SubmitResponse
+	var resp events.SubmitResponse
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
 		return nil, fmt.Errorf("submit: bad answer: %w", err)
 	}

@@ -15,7 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/leviathan-dev/leviathan/services/projector"
+	"github.com/leviathan-dev/leviathan/services/projector/api"
 )
 
 // devTokenFile is where `leviathan dev` keeps the control plane token.
@@ -45,7 +45,7 @@ func cmdSummary(ctx context.Context, args []string, env environment, stdout, std
 		fmt.Fprintln(stdout, body)
 		return nil
 	}
-	var s projector.Summary
+	var s api.Summary
 	if err := json.Unmarshal([]byte(body), &s); err != nil {
 		return fmt.Errorf("graph summary: %w", err)
 	}
@@ -73,7 +73,7 @@ func controlToken(env environment, file string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-func printSummary(w io.Writer, url string, s projector.Summary) {
+func printSummary(w io.Writer, url string, s api.Summary) {
 	counts := func(m map[string]int) string {
 		keys := slices.Sorted(func(yield func(string) bool) {
 			for k := range m {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leviathan-dev/leviathan/services/app"
+	"github.com/leviathan-dev/leviathan/internal/stack"
 )
 
 // TestSummaryAndWatch runs one attempt on a stack, then reads it back the
@@ -23,7 +23,7 @@ func TestSummaryAndWatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const token = "tok-summary-secret"
-	s, err := app.StartStack(ctx, app.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
 		HTTPAddr: "127.0.0.1:0", ControlToken: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

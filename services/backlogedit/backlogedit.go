@@ -11,8 +11,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/internal/gitx"
-	"github.com/leviathan-dev/leviathan/services/internal/stage"
+	"github.com/leviathan-dev/leviathan/internal/gitx"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 // Service handles repo.fetched.
@@ -40,22 +40,11 @@ func EditedSnapshot(attemptID string) string { return attemptID + "/backlog.yaml
 // Handle edits the backlog of one fetched attempt.
 func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	var fetched events.Fetched
-	if err := in.Event.DecodePayload(&fetched); err != nil {
-		return stage.Fail(events.ExecutionError, err)
-	}
-	req, err := s.res.Request(ctx, in.Ref.AttemptID)
+	b, err := s.res.Begin(ctx, in, &fetched)
 	if err != nil {
-		return stage.Retry(err)
+		return err
 	}
-	in.Ref = req.Ref
-	pack, err := s.res.Snapshots.GetBytes(ctx, fetched.Snapshot)
-	if err != nil {
-		return stage.Retry(fmt.Errorf("load snapshot %s: %w", fetched.Snapshot, err))
-	}
-	repo, err := gitx.OpenPack(pack)
-	if err != nil {
-		return stage.Fail(events.ExecutionError, fmt.Errorf("open snapshot: %w", err))
-	}
+	req, repo := b.Req, b.Repo
 	base := plumbing.NewHash(fetched.BaseCommit)
 	old, oldBlob, err := repo.ReadFile(base, events.BacklogPath)
 	var content []byte

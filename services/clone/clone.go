@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/internal/gitx"
-	"github.com/leviathan-dev/leviathan/services/internal/stage"
+	"github.com/leviathan-dev/leviathan/internal/gitx"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 // Config configures the clone service.
@@ -109,42 +109,34 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	})
 }
 
-// SubmitResponse answers leviathan.api.submit.
-type SubmitResponse struct {
-	AttemptID string `json:"attempt_id,omitempty"`
-	Status    string `json:"status,omitempty"`
-	Error     string `json:"error,omitempty"`
-	Field     string `json:"field,omitempty"`
-}
-
 // Submit validates a request at once and, when it is valid, publishes it
 // as attempt.requested. It backs `nats req leviathan.api.submit`.
-func (s *Service) Submit(ctx context.Context, body []byte, actor string) SubmitResponse {
+func (s *Service) Submit(ctx context.Context, body []byte, actor string) events.SubmitResponse {
 	req, err := events.ParseRequest(body, "")
 	if err != nil {
 		var ve *events.ValidationError
 		if errors.As(err, &ve) {
-			return SubmitResponse{Error: ve.Reason, Field: ve.Field}
+			return events.SubmitResponse{Error: ve.Reason, Field: ve.Field}
 		}
-		return SubmitResponse{Error: err.Error()}
+		return events.SubmitResponse{Error: err.Error()}
 	}
 	if _, err := s.res.Attempts.Get(ctx, req.AttemptID); err == nil {
-		return SubmitResponse{AttemptID: req.AttemptID, Error: "attempt id already used", Field: "attempt_id"}
+		return events.SubmitResponse{AttemptID: req.AttemptID, Error: "attempt id already used", Field: "attempt_id"}
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return SubmitResponse{AttemptID: req.AttemptID, Error: "cannot check attempt id: " + err.Error()}
+		return events.SubmitResponse{AttemptID: req.AttemptID, Error: "cannot check attempt id: " + err.Error()}
 	}
 	env, err := events.New(events.AttemptRequested, actor, req.Ref, req, s.pub.Clock())
 	if err != nil {
-		return SubmitResponse{Error: err.Error()}
+		return events.SubmitResponse{Error: err.Error()}
 	}
 	data, _ := json.Marshal(env)
 	ack, err := s.res.JS.Publish(ctx, env.Subject(), data, jetstream.WithMsgID(env.EventID))
 	if err != nil {
-		return SubmitResponse{AttemptID: req.AttemptID, Error: "publish: " + err.Error()}
+		return events.SubmitResponse{AttemptID: req.AttemptID, Error: "publish: " + err.Error()}
 	}
 	status := "accepted"
 	if ack.Duplicate {
 		status = "duplicate"
 	}
-	return SubmitResponse{AttemptID: req.AttemptID, Status: status}
+	return events.SubmitResponse{AttemptID: req.AttemptID, Status: status}
 }

@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/internal/forge"
-	"github.com/leviathan-dev/leviathan/services/internal/policy"
-	"github.com/leviathan-dev/leviathan/services/internal/stage"
+	"github.com/leviathan-dev/leviathan/internal/forge"
+	"github.com/leviathan-dev/leviathan/internal/policy"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 // Service handles branch.pushed.
@@ -78,14 +78,11 @@ func (a *adoptTask) Error() string { return fmt.Sprintf("task already proposed i
 // the next attempt without a restart.
 func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	var pushed events.Pushed
-	if err := in.Event.DecodePayload(&pushed); err != nil {
-		return stage.Fail(events.ExecutionError, err)
-	}
-	req, err := s.res.Request(ctx, in.Ref.AttemptID)
+	b, err := s.res.Begin(ctx, in, &pushed)
 	if err != nil {
-		return stage.Retry(err)
+		return err
 	}
-	in.Ref = req.Ref
+	req := b.Req
 	// A redelivery after this stage already succeeded (a crash before the
 	// ack) must not decide anew: the PR may have been closed since, and
 	// attempt.failed is not a duplicate JetStream would drop.

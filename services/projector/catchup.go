@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/services/projector/graph"
 )
 
 // Catching up.
@@ -84,7 +85,7 @@ var errReplayShort = errors.New("direct get: no message at or after the sequence
 type span struct {
 	from, to uint64
 	target   uint64 // the catch-up's last sequence
-	items    []item
+	items    []graph.Item
 	// covered is the last sequence up to which every message of the stream
 	// is in items (from-1 when none is known); it is to when the whole
 	// range was read.
@@ -140,7 +141,7 @@ func (p *Projector) catchUp(ctx context.Context, stream string, start, target ui
 		fifo   []*span
 		from   = start
 		next   = start // every sequence before next is applied or known absent
-		pool   [][]item
+		pool   [][]graph.Item
 		failed error
 	)
 	enqueue := func() {
@@ -151,7 +152,7 @@ func (p *Projector) catchUp(ctx context.Context, stream string, start, target ui
 		if n := len(pool); n > 0 {
 			s.items, pool = pool[n-1], pool[:n-1]
 		} else {
-			s.items = make([]item, 0, tune.chunk)
+			s.items = make([]graph.Item, 0, tune.chunk)
 		}
 		from = s.to + 1
 		fifo = append(fifo, s)
@@ -263,13 +264,13 @@ func (f *fetcher) fill(ctx context.Context, s *span) {
 		s.err = f.fetch(ctx, s)
 	}
 	if at := f.failAt; s.from <= at && at <= s.covered {
-		s.items = slices.DeleteFunc(s.items, func(it item) bool { return it.rec.seq >= at })
+		s.items = slices.DeleteFunc(s.items, func(it graph.Item) bool { return it.Seq() >= at })
 		s.covered, s.err = at-1, errors.New("failing as told")
 	}
 	// Pending, for the lag metric and readiness, is counted up to the
 	// sequence that was last when the projector started: 0 only there.
 	for i := range s.items {
-		s.items[i].pending = s.target - s.items[i].rec.seq
+		s.items[i].Pending = s.target - s.items[i].Seq()
 	}
 }
 
@@ -306,7 +307,7 @@ func (f *fetcher) fetch(ctx context.Context, s *span) error {
 			// subject.
 			ok := n > 0 && last-s.covered == uint64(n)
 			for i := mark; ok && i < len(s.items); i++ {
-				ok = s.items[i].err == nil
+				ok = s.items[i].Err() == nil
 			}
 			if !ok {
 				s.items = s.items[:mark]
@@ -377,12 +378,9 @@ func (f *fetcher) request(ctx context.Context, s *span, headers bool) (n int, la
 			if m.Header != nil {
 				return 0, 0, errors.New("direct get: headers in a response asked without them")
 			}
-			it := item{rec: record{seq: expect}}
+			var it graph.Item
+			it.DecodeEnvelope(expect, m.Data)
 			expect++
-			if ok, err := decodeEnvelope(m.Data, &it.rec); !ok || err != nil || len(it.rec.attempt) == 0 {
-				it.err = errNeedsSubject
-			}
-			it.uid, it.isUUID = parseUUID(it.rec.id)
 			s.items = append(s.items, it)
 			continue
 		}
@@ -396,18 +394,11 @@ func (f *fetcher) request(ctx context.Context, s *span, headers bool) (n int, la
 		}
 		subject := m.Header.Get(jetstream.SubjectHeader)
 		at, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
-		it := item{rec: record{seq: seqOf}}
-		if err := decodeMessage(subject, m.Data, at, &it.rec); err != nil {
-			it.err, it.subject = err, subject
-		}
-		it.uid, it.isUUID = parseUUID(it.rec.id)
+		var it graph.Item
+		it.Decode(seqOf, subject, m.Data, at)
 		s.items = append(s.items, it)
 	}
 }
-
-// errNeedsSubject marks a message read without headers that cannot be
-// decoded without its subject (or time).
-var errNeedsSubject = errors.New("needs the message's subject")
 
 // next waits for the next message of the inbox.
 func (f *fetcher) next(ctx context.Context) (*nats.Msg, error) {

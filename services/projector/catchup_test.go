@@ -10,14 +10,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/internal/stage"
-	"github.com/leviathan-dev/leviathan/services/projector/internal/eventgen"
+	"github.com/leviathan-dev/leviathan/events/eventgen"
+	"github.com/leviathan-dev/leviathan/internal/stage"
+	"github.com/leviathan-dev/leviathan/services/projector/graph"
 )
 
 // logLines is a slog handler that keeps the messages it is given.
@@ -75,7 +75,7 @@ func messyStream(t *testing.T, res *stage.Resources, n int) []events.Envelope {
 			t.Fatal(err)
 		}
 	}
-	py := pythonEvents("attempt-py", "radix")
+	py := eventgen.Python("attempt-py", "radix")
 	publish(t, res, py)
 	evs = append(evs, py...)
 	publish(t, res, eventgen.Stream(n + 40)[n:]) // a tail to delete
@@ -105,11 +105,7 @@ func replayed(t *testing.T, res *stage.Resources, tune replayTuning) (*running, 
 	t.Helper()
 	logs := &logLines{}
 	r := startProjectorWith(t, res, Config{NoSnapshots: true}, slog.New(logs), tune)
-	for deadline := time.Now().Add(30 * time.Second); !r.p.Ready(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("projector never ready")
-		}
-	}
+	r.waitReady(t)
 	return r, logs
 }
 
@@ -161,7 +157,7 @@ func TestCatchUpMatchesTheConsumer(t *testing.T) {
 func TestCatchUpNeverPartial(t *testing.T) {
 	res := setupStream(t)
 	publish(t, res, eventgen.Stream(5000))
-	full := NewGraph()
+	full := graph.New()
 	for _, e := range eventgen.Stream(5000) {
 		full.Apply(e)
 	}
@@ -252,6 +248,37 @@ func TestAPIPrefix(t *testing.T) {
 	} {
 		if got := apiPrefix(c.o); got != c.want {
 			t.Errorf("apiPrefix(%+v) = %q, want %q", c.o, got, c.want)
+		}
+	}
+}
+
+func TestNoneThrough(t *testing.T) {
+	res := setupStream(t)
+	publish(t, res, eventgen.Stream(10))
+	ctx := context.Background()
+	for _, s := range []uint64{4, 5, 6} {
+		if err := res.Stream.DeleteMsg(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := res.Stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := info.State.LastSeq
+	p := New(res, Config{Logger: quiet()})
+	prefix := apiPrefix(res.JS.Options())
+	for _, c := range []struct {
+		seq, target uint64
+		want        bool
+	}{
+		{4, 6, true},               // 4-6 deleted, 7 is past the target
+		{4, 7, false},              // 7 is there
+		{1, 3, false},              // 1 is there
+		{last + 1, last + 9, true}, // past the last message
+	} {
+		if got := p.noneThrough(ctx, prefix, "LEVIATHAN_EVENTS", c.seq, c.target); got != c.want {
+			t.Errorf("noneThrough(%d, %d) = %v", c.seq, c.target, got)
 		}
 	}
 }

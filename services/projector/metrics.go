@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/leviathan-dev/leviathan/services/projector/graph"
 )
 
 // metrics are the projector's Prometheus metrics. With no registerer they
@@ -104,15 +106,15 @@ func (c *sizeCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *sizeCollector) Collect(ch chan<- prometheus.Metric) {
 	g := c.p.Graph()
-	for status, v := range g.attemptsByStatus() {
+	for status, v := range g.AttemptsByStatus() {
 		ch <- prometheus.MustNewConstMetric(attemptsDesc, prometheus.GaugeValue, float64(v), status)
 	}
 	n := g.Counts()
 	for typ, v := range map[string]int{
-		NodeTarget: n.Targets, NodeTask: n.Tasks, NodeAttempt: n.Attempts, NodeCommit: n.Commits, NodePullRequest: n.PullRequests,
+		graph.NodeTarget: n.Targets, graph.NodeTask: n.Tasks, graph.NodeAttempt: n.Attempts, graph.NodeCommit: n.Commits, graph.NodePullRequest: n.PullRequests,
 	} {
 		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(v), typ)
 	}
-	ch <- prometheus.MustNewConstMetric(edgesDesc, prometheus.GaugeValue, float64(n.DependsOn), EdgeDependsOn)
-	ch <- prometheus.MustNewConstMetric(edgesDesc, prometheus.GaugeValue, float64(n.Produced), EdgeProduced)
+	ch <- prometheus.MustNewConstMetric(edgesDesc, prometheus.GaugeValue, float64(n.DependsOn), graph.EdgeDependsOn)
+	ch <- prometheus.MustNewConstMetric(edgesDesc, prometheus.GaugeValue, float64(n.Produced), graph.EdgeProduced)
 }

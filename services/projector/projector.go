@@ -13,12 +13,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/internal/stage"
+	"github.com/leviathan-dev/leviathan/internal/stage"
+	"github.com/leviathan-dev/leviathan/services/projector/graph"
 )
 
 // Names of the projector's own NATS resources.
@@ -81,7 +81,7 @@ type Projector struct {
 	res     *stage.Resources
 	cfg     Config
 	logger  *slog.Logger
-	graph   atomic.Pointer[Graph]
+	graph   atomic.Pointer[graph.Graph]
 	metrics *metrics
 
 	target   atomic.Uint64 // last stream sequence when the projector started
@@ -95,13 +95,13 @@ type Projector struct {
 func New(res *stage.Resources, cfg Config) *Projector {
 	cfg.setDefaults()
 	p := &Projector{res: res, cfg: cfg, logger: cfg.Logger, snapNow: make(chan struct{}, 1), replay: defaultReplay}
-	p.graph.Store(NewGraph())
+	p.graph.Store(graph.New())
 	p.metrics = newMetrics(cfg.Registerer, p)
 	return p
 }
 
 // Graph is the projected graph.
-func (p *Projector) Graph() *Graph { return p.graph.Load() }
+func (p *Projector) Graph() *graph.Graph { return p.graph.Load() }
 
 // Ready reports whether the projector has applied every event that was in
 // the stream when it started: before that, a summary would be partial.
@@ -160,7 +160,7 @@ func (p *Projector) run(ctx context.Context) error {
 		p.ready.Store(true)
 	}
 
-	p.Graph().reserve(int(info.State.Msgs))
+	p.Graph().Reserve(int(info.State.Msgs))
 	stopSnapshots := func() {}
 	if obs != nil {
 		sctx, cancel := context.WithCancel(ctx)
@@ -237,16 +237,6 @@ func (p *Projector) tail(ctx context.Context, start uint64) error {
 // subscription's goroutine (metadata, decode) and queues records;
 // applyLoop applies them in order, in chunks under one lock.
 
-// item is one received message, decoded.
-type item struct {
-	rec     record
-	uid     uuid.UUID // rec.id parsed (parseUUID), when isUUID
-	isUUID  bool
-	pending uint64 // messages in the stream after this one
-	err     error  // not an event
-	subject string // for the log line when err is set
-}
-
 // receive returns the consumer's callback: it decodes each message and
 // queues it, waiting while the queue is full.
 func (p *Projector) receive(q *queue) func(jetstream.Msg) {
@@ -255,11 +245,8 @@ func (p *Projector) receive(q *queue) func(jetstream.Msg) {
 		if err != nil {
 			return
 		}
-		it := item{rec: record{seq: md.Sequence.Stream}, pending: md.NumPending}
-		if err := decodeMessage(msg.Subject(), msg.Data(), md.Timestamp, &it.rec); err != nil {
-			it.err, it.subject = err, msg.Subject()
-		}
-		it.uid, it.isUUID = parseUUID(it.rec.id)
+		it := graph.Item{Pending: md.NumPending}
+		it.Decode(md.Sequence.Stream, msg.Subject(), msg.Data(), md.Timestamp)
 		q.push(&it)
 	}
 }
@@ -274,7 +261,7 @@ const applyChunk = 256
 
 // applyLoop applies queued records in order until the queue is closed.
 func (p *Projector) applyLoop(q *queue) {
-	var spare []item
+	var spare []graph.Item
 	for {
 		batch := q.take(spare)
 		if batch == nil {
@@ -288,26 +275,26 @@ func (p *Projector) applyLoop(q *queue) {
 	}
 }
 
-func (p *Projector) applyItems(items []item) {
+func (p *Projector) applyItems(items []graph.Item) {
 	g := p.Graph()
-	var onStage stageFunc
+	var onStage graph.StageFunc
 	if p.ready.Load() {
 		onStage = p.metrics.stageEnded
 	}
-	applied, dups := g.applyAll(items, onStage)
+	applied, dups := g.ApplyItems(items, onStage)
 	p.metrics.applied.Add(float64(applied))
 	p.metrics.duplicates.Add(float64(dups))
 	for i := range items {
-		if it := &items[i]; it.err != nil {
+		if it := &items[i]; it.Err() != nil {
 			p.metrics.undecodable.Inc()
-			p.logger.Warn("projector: skipping undecodable event", "subject", it.subject, "seq", it.rec.seq, "err", it.err)
+			p.logger.Warn("projector: skipping undecodable event", "subject", it.Subject(), "seq", it.Seq(), "err", it.Err())
 		}
 	}
 	last := &items[len(items)-1]
-	seq := last.rec.seq
-	p.metrics.lag.Set(float64(last.pending))
+	seq := last.Seq()
+	p.metrics.lag.Set(float64(last.Pending))
 	p.metrics.seq.Set(float64(seq))
-	if !p.ready.Load() && (seq >= p.target.Load() || last.pending == 0) {
+	if !p.ready.Load() && (seq >= p.target.Load() || last.Pending == 0) {
 		p.markReady(seq)
 	}
 	if p.ready.Load() && seq-p.lastSnap.Load() >= p.cfg.SnapshotEvery {
@@ -330,19 +317,19 @@ func (p *Projector) markReady(seq uint64) {
 type queue struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
-	items  []item
+	items  []graph.Item
 	max    int
 	closed bool
 	wake   chan struct{}
 }
 
 func newQueue(max int) *queue {
-	q := &queue{max: max, items: make([]item, 0, max), wake: make(chan struct{}, 1)}
+	q := &queue{max: max, items: make([]graph.Item, 0, max), wake: make(chan struct{}, 1)}
 	q.cond = sync.NewCond(&q.mu)
 	return q
 }
 
-func (q *queue) push(it *item) {
+func (q *queue) push(it *graph.Item) {
 	q.mu.Lock()
 	for len(q.items) >= q.max && !q.closed {
 		q.cond.Wait()
@@ -361,7 +348,7 @@ func (q *queue) push(it *item) {
 
 // take waits for items and returns them appended to buf (whose array it
 // keeps for the next push); nil once the queue is closed.
-func (q *queue) take(buf []item) []item {
+func (q *queue) take(buf []graph.Item) []graph.Item {
 	for {
 		q.mu.Lock()
 		if q.closed {
@@ -391,34 +378,6 @@ func (q *queue) close() {
 	}
 }
 
-// decodeMessage decodes a stream message into r: an envelope, or the bare
-// request body a user published with `nats pub`, which gets its attempt id
-// and type from the subject and an id from its sequence (two bare copies
-// of one request are two messages, and both show).
-func decodeMessage(subject string, data []byte, at time.Time, r *record) error {
-	isEnvelope, err := decodeEnvelope(data, r)
-	if err != nil && !errors.Is(err, errNotObject) {
-		return err
-	}
-	attemptID, typ, serr := events.ParseSubject(subject)
-	if isEnvelope {
-		if len(r.attempt) == 0 && serr == nil {
-			r.attempt = []byte(attemptID)
-		}
-		return nil
-	}
-	if serr != nil || typ != events.AttemptRequested || err != nil {
-		return errors.New("neither an event envelope nor a bare request")
-	}
-	if err := decodeBareRequest(data, r); err != nil {
-		return err
-	}
-	r.id = []byte("seq-" + strconv.FormatUint(r.seq, 10))
-	r.typ, r.attempt, r.actor = []byte(typ), []byte(attemptID), []byte("user:nats")
-	r.ts = at.UTC().UnixNano()
-	return nil
-}
-
 // loadSnapshot replaces the graph with the stored snapshot when it fits
 // this stream; otherwise the graph stays empty and the stream is replayed.
 func (p *Projector) loadSnapshot(ctx context.Context, obs jetstream.ObjectStore, created int64, lastSeq uint64) {
@@ -432,7 +391,7 @@ func (p *Projector) loadSnapshot(ctx context.Context, obs jetstream.ObjectStore,
 		p.logger.Warn("projector: cannot read the snapshot; replaying the stream", "err", err)
 		return
 	}
-	g, meta, err := UnmarshalSnapshot(data)
+	g, meta, err := graph.UnmarshalSnapshot(data)
 	switch {
 	case err != nil:
 		p.logger.Warn("projector: unusable snapshot; replaying the stream", "err", err)
@@ -473,7 +432,7 @@ func (p *Projector) saveSnapshot(ctx context.Context, obs jetstream.ObjectStore,
 		Name:        SnapshotObject,
 		Description: "projector graph snapshot",
 		Metadata: map[string]string{
-			"format_version": strconv.Itoa(snapshotVersion),
+			"format_version": strconv.Itoa(graph.SnapshotVersion),
 			"stream_seq":     strconv.FormatUint(meta.Seq, 10),
 		},
 	}, bytes.NewReader(data))

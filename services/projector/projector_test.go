@@ -13,61 +13,34 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/internal/natstest"
-	"github.com/leviathan-dev/leviathan/services/internal/stage"
-	"github.com/leviathan-dev/leviathan/services/projector/internal/eventgen"
+	"github.com/leviathan-dev/leviathan/events/eventgen"
+	"github.com/leviathan-dev/leviathan/internal/stage"
+	"github.com/leviathan-dev/leviathan/services/projector/api"
+	"github.com/leviathan-dev/leviathan/services/projector/graph"
+	"github.com/leviathan-dev/leviathan/services/projector/internal/projtest"
 )
 
 const testToken = "s3cret-test-token"
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger { return projtest.Quiet() }
 
-// setupStream runs an embedded JetStream server with the shared resources.
-func setupStream(t *testing.T) *stage.Resources {
-	t.Helper()
-	_, js := natstest.Connect(t, natstest.Run(t))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	res, err := stage.Ensure(ctx, js, stage.ResourceConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
+func setupStream(t *testing.T) *stage.Resources { return projtest.Stream(t) }
+
+func publish(t *testing.T, res *stage.Resources, envs []events.Envelope) int {
+	return projtest.Publish(t, res, envs)
 }
 
-// publish publishes envelopes with their event id as Nats-Msg-Id, as the
-// services do, and returns how many JetStream dropped as duplicates.
-func publish(t *testing.T, res *stage.Resources, envs []events.Envelope) int {
-	t.Helper()
-	var futs []jetstream.PubAckFuture
-	for _, e := range envs {
-		data, _ := e.Marshal()
-		f, err := res.JS.PublishAsync(e.Subject(), data, jetstream.WithMsgID(e.EventID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		futs = append(futs, f)
-	}
-	dups := 0
-	for _, f := range futs {
-		select {
-		case ack := <-f.Ok():
-			if ack.Duplicate {
-				dups++
-			}
-		case err := <-f.Err():
-			t.Fatal(err)
-		case <-time.After(20 * time.Second):
-			t.Fatal("no publish ack")
-		}
-	}
-	return dups
+// happy is the graph of one successful attempt.
+const happy = "map[Attempt:1 Commit:1 PullRequest:1 Target:1 Task:1] map[DEPENDS_ON:2 PRODUCED:2]"
+
+func summaryOf(g *graph.Graph) string {
+	s := g.Summary()
+	return fmt.Sprint(s.NodesByType, s.EdgesByType)
 }
 
 // running is a projector running in the test, with its API.
@@ -95,8 +68,8 @@ func startProjectorWith(t *testing.T, res *stage.Resources, cfg Config, logger *
 	p.replay = tune
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
-	api := NewAPI(p, APIConfig{Token: testToken, Logger: quiet(), Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})})
-	r.srv = httptest.NewServer(api.Handler())
+	cp := api.New(p, res, api.Config{Token: testToken, Logger: quiet(), Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})})
+	r.srv = httptest.NewServer(cp.Handler())
 	go func() { r.done <- p.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })
 	return r
@@ -116,34 +89,50 @@ func (r *running) stop(t *testing.T) {
 	r.srv.Close()
 }
 
+// stallLimit is how long a wait in these tests lets the projector go
+// without applying anything before it fails: waits are bounded by the
+// work done, not by the clock, so a loaded machine slows them but does
+// not fail them.
+const stallLimit = 30 * time.Second
+
+// waitFor waits until done reports true, failing with what once the
+// projector has applied nothing new for stallLimit.
+func (r *running) waitFor(t *testing.T, what string, done func() bool) {
+	t.Helper()
+	last, since := r.p.Applied(), time.Now()
+	for !done() {
+		if now := r.p.Applied(); now != last {
+			last, since = now, time.Now()
+		} else if time.Since(since) > stallLimit {
+			t.Fatalf("%s: nothing applied for %v (applied through %d)", what, stallLimit, now)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitReady waits until the projector has caught up with the stream as it
+// was when it started.
+func (r *running) waitReady(t *testing.T) {
+	t.Helper()
+	r.waitFor(t, "projector never ready", r.p.Ready)
+}
+
 // waitCaughtUp waits until the projector is ready and has applied the
 // stream's last message.
 func (r *running) waitCaughtUp(t *testing.T, res *stage.Resources) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); !r.p.Ready(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("projector never ready")
-		}
-	}
+	r.waitReady(t)
 	info, err := res.Stream.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.p.WaitApplied(ctx, info.State.LastSeq); err != nil {
-		t.Fatalf("applied %d of %d: %v", r.p.Applied(), info.State.LastSeq, err)
-	}
+	r.waitApplied(t, info.State.LastSeq)
 }
 
 // waitApplied waits until the projector has applied the message at seq.
 func (r *running) waitApplied(t *testing.T, seq uint64) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.p.WaitApplied(ctx, seq); err != nil {
-		t.Fatalf("applied %d of %d: %v", r.p.Applied(), seq, err)
-	}
+	r.waitFor(t, fmt.Sprintf("message %d never applied", seq), func() bool { return r.p.Applied() >= seq })
 }
 
 func (r *running) get(t *testing.T, path, token string) (int, []byte) {
@@ -183,7 +172,7 @@ func TestRestartWithAndWithoutSnapshot(t *testing.T) {
 	first := startProjector(t, res, Config{SnapshotInterval: time.Hour})
 	first.waitCaughtUp(t, res)
 	publish(t, res, evs[2000:]) // applied live, after catching up
-	publish(t, res, pythonEvents("attempt-py", "radix"))
+	publish(t, res, eventgen.Python("attempt-py", "radix"))
 	first.waitCaughtUp(t, res)
 	first.stop(t) // stores the snapshot
 	want := first.p.Graph().SummaryJSON()
@@ -298,9 +287,9 @@ func expectedCounts(evs []events.Envelope) string {
 			pulls++
 		}
 	}
-	nodes := map[string]int{NodeTarget: len(targets), NodeTask: len(tasks), NodeAttempt: len(attempts),
-		NodeCommit: commits, NodePullRequest: pulls}
-	edges := map[string]int{EdgeDependsOn: len(tasks) + len(attempts), EdgeProduced: commits + pulls}
+	nodes := map[string]int{graph.NodeTarget: len(targets), graph.NodeTask: len(tasks), graph.NodeAttempt: len(attempts),
+		graph.NodeCommit: commits, graph.NodePullRequest: pulls}
+	edges := map[string]int{graph.EdgeDependsOn: len(tasks) + len(attempts), graph.EdgeProduced: commits + pulls}
 	return fmt.Sprint(nodes, edges)
 }
 
@@ -347,7 +336,7 @@ func TestSnapshotTakenWhileRunning(t *testing.T) {
 		data, err := obs.GetBytes(gctx, SnapshotObject)
 		cancel()
 		if err == nil {
-			if _, meta, err := UnmarshalSnapshot(data); err == nil && meta.Seq >= 100 {
+			if _, meta, err := graph.UnmarshalSnapshot(data); err == nil && meta.Seq >= 100 {
 				break
 			}
 		}

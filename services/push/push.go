@@ -13,9 +13,9 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 
 	"github.com/leviathan-dev/leviathan/events"
-	"github.com/leviathan-dev/leviathan/services/internal/gitx"
-	"github.com/leviathan-dev/leviathan/services/internal/policy"
-	"github.com/leviathan-dev/leviathan/services/internal/stage"
+	"github.com/leviathan-dev/leviathan/internal/gitx"
+	"github.com/leviathan-dev/leviathan/internal/policy"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 // Config configures the push service.
@@ -59,26 +59,11 @@ func StageConfig() stage.Config {
 // Handle commits and pushes one edited attempt.
 func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	var edited events.Edited
-	if err := in.Event.DecodePayload(&edited); err != nil {
-		return stage.Fail(events.ExecutionError, err)
-	}
-	req, err := s.res.Request(ctx, in.Ref.AttemptID)
+	b, err := s.res.Begin(ctx, in, &edited)
 	if err != nil {
-		return stage.Retry(err)
+		return err
 	}
-	in.Ref = req.Ref
-	pack, err := s.res.Snapshots.GetBytes(ctx, edited.BaseSnapshot)
-	if err != nil {
-		return stage.Retry(fmt.Errorf("load snapshot %s: %w", edited.BaseSnapshot, err))
-	}
-	content, err := s.res.Snapshots.GetBytes(ctx, edited.Snapshot)
-	if err != nil {
-		return stage.Retry(fmt.Errorf("load edited backlog %s: %w", edited.Snapshot, err))
-	}
-	repo, err := gitx.OpenPack(pack)
-	if err != nil {
-		return stage.Fail(events.ExecutionError, fmt.Errorf("open snapshot: %w", err))
-	}
+	req, repo, content := b.Req, b.Repo, b.Objects[0]
 	// The commit time is the edit event's time, so a redelivered push
 	// rebuilds the identical commit and the re-push is a no-op.
 	sig := object.Signature{Name: s.cfg.AuthorName, Email: s.cfg.AuthorEmail, When: in.Event.Timestamp}

@@ -614,7 +614,7 @@ func binaryEnv(t *testing.T) map[string]bool {
 func TestEnvironmentIsReadByTheBinary(t *testing.T) {
 	read := binaryEnv(t)
 	runtimeVars := map[string]bool{"GOMEMLIMIT": true, "GOMAXPROCS": true, "GOTRACEBACK": true, "HOME": true}
-	// What each service cannot start without (services/app validate).
+	// What each service cannot start without (internal/stack validate).
 	required := map[string][]string{
 		"clone": {"NATS_URL", "NATS_USER", "NATS_PASSWORD"}, "backlog-edit": {"NATS_URL", "NATS_USER", "NATS_PASSWORD"},
 		"push": {"NATS_URL", "NATS_USER", "NATS_PASSWORD"}, "pr": {"NATS_URL", "NATS_USER", "NATS_PASSWORD", "LEVIATHAN_FORGE_TOKEN"},

@@ -78,13 +78,13 @@ func TestSeedScript(t *testing.T) {
 }
 
 // TestSeedMatchesTheLaptopStack checks that the cluster's demo repository
-// is the one `leviathan dev` creates (services/app/stack.go), so the README
+// is the one `leviathan dev` creates (internal/stack/stack.go), so the README
 // and the proof Job behave the same on both.
 func TestSeedMatchesTheLaptopStack(t *testing.T) {
-	stack := string(readFile(t, "services/app/stack.go"))
+	stack := string(readFile(t, "internal/stack/stack.go"))
 	backlog := regexp.MustCompile("(?s)const demoBacklog = `(.*?)`").FindStringSubmatch(stack)
 	if backlog == nil {
-		t.Fatal("no demoBacklog in services/app/stack.go")
+		t.Fatal("no demoBacklog in internal/stack/stack.go")
 	}
 	if got := string(readFile(t, seedDir+"/backlog.yaml")); got != backlog[1] {
 		t.Errorf("seed/backlog.yaml differs from stack.go's demoBacklog:\n%s\n---\n%s", got, backlog[1])

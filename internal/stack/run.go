@@ -1,0 +1,139 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/leviathan-dev/leviathan/internal/gitx"
+	"github.com/leviathan-dev/leviathan/services/localforge"
+)
+
+// ServiceConfig configures one service process.
+type ServiceConfig struct {
+	Name     string // one of ServiceNames
+	NATSURL  string
+	HTTPAddr string // /healthz and /readyz; the projector serves its API here
+	// Listener, when set, is used instead of listening on HTTPAddr.
+	Listener net.Listener
+	Replicas int // of the stream and buckets (1 dev, 3 prod)
+	// NATSOptions are extra connection options, such as credentials
+	// (nats.UserInfo); main builds them from the environment.
+	NATSOptions []nats.Option
+	// Git credentials for target repositories (basic auth only).
+	GitUsername, GitToken string
+	// Forge credentials and API root for the pr service.
+	ForgeToken, ForgeAPIURL string
+	// Forge adds GitHub App authentication (also used for git by clone
+	// and push) and the forge pacing.
+	Forge ForgeConfig
+	// ControlToken is the projector's bearer token.
+	ControlToken string
+	// DataDir is localforge's data directory.
+	DataDir string
+	Logger  *slog.Logger
+}
+
+func (c *ServiceConfig) validate() error {
+	switch {
+	case !slices.Contains(ServiceNames, c.Name):
+		return fmt.Errorf("unknown service %q (one of %v)", c.Name, ServiceNames)
+	case c.Name == "projector" && c.ControlToken == "":
+		return errors.New("projector: LEVIATHAN_CONTROL_PLANE_TOKEN is required")
+	case c.Name == "pr" && c.ForgeToken == "" && !c.Forge.IsApp():
+		return errors.New("pr: LEVIATHAN_FORGE_TOKEN or a GitHub App (LEVIATHAN_GITHUB_APP_ID, ...) is required")
+	case c.Name == "localforge" && c.ForgeToken == "":
+		return errors.New("localforge: LEVIATHAN_FORGE_TOKEN is required")
+	}
+	return nil
+}
+
+// RunService runs one service until ctx is done: the process of one
+// Kubernetes Deployment.
+func RunService(ctx context.Context, cfg ServiceConfig) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return err
+		}
+	}
+	if cfg.Name == "localforge" {
+		return runLocalforge(ctx, cfg, ln)
+	}
+	nc, res, err := Connect(ctx, cfg.NATSURL, cfg.Name, cfg.Replicas, cfg.NATSOptions...)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer nc.Close()
+	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(),
+		git: gitx.Remote{Username: cfg.GitUsername, Password: cfg.GitToken}}
+	if d.reg, d.metrics, err = newRegistry(); err != nil {
+		return err
+	}
+	var comp *component
+	if cfg.Name == "projector" {
+		comp, _ = projectorComponent(d, ln, cfg.ControlToken)
+	} else {
+		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr", d.forgeTurns); err != nil {
+			return err
+		}
+		if comp, err = stageComponent(ctx, cfg.Name, d); err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: healthHandler(nc.IsConnected, metricsHandler(d.reg)), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+	}
+	cfg.Logger.Info("running", "nats", cfg.NATSURL, "http", ln.Addr().String(), "version", Version)
+	wait, err := startComponents(ctx, d, []*component{comp})
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// runLocalforge serves localforge on its own (a cluster without GitHub).
+func runLocalforge(ctx context.Context, cfg ServiceConfig, ln net.Listener) error {
+	f, err := localforge.New(localforge.Config{Dir: cfg.DataDir, Token: cfg.ForgeToken, Logger: cfg.Logger})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	reg, _, err := newRegistry()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	// The probes and /metrics answer as every other service's do.
+	mux := http.NewServeMux()
+	health := healthHandler(func() bool { return true }, metricsHandler(reg))
+	for _, path := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
+		mux.Handle(path, health)
+	}
+	mux.Handle("/", f.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	cfg.Logger.Info("running", "http", ln.Addr().String(), "version", Version)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

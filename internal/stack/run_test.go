@@ -1,0 +1,124 @@
+package stack
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/leviathan-dev/leviathan/internal/natstest"
+)
+
+// TestEveryServiceServesHealthAndMetrics runs every service as
+// `leviathan run` does (RunService, one per process on Kubernetes) against
+// one NATS server and checks what the probes and Prometheus read:
+// /healthz and /readyz answer JSON, /metrics the service's own metrics;
+// when NATS goes away, the services that need it stop being ready while
+// staying alive.
+func TestEveryServiceServesHealthAndMetrics(t *testing.T) {
+	ns := natstest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	base := map[string]string{}
+	done := map[string]chan error{}
+	for _, name := range ServiceNames {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := ServiceConfig{Name: name, NATSURL: ns.ClientURL(), Listener: ln, Replicas: 1, Logger: logger,
+			ControlToken: "control-token", ForgeToken: "forge-token", DataDir: t.TempDir()}
+		base[name] = "http://" + ln.Addr().String()
+		ch := make(chan error, 1)
+		done[name] = ch
+		go func() { ch <- RunService(ctx, cfg) }()
+	}
+	defer func() {
+		cancel()
+		for name, ch := range done {
+			select {
+			case err := <-ch:
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Errorf("%s did not stop", name)
+			}
+		}
+	}()
+
+	get := func(url string) (int, string) {
+		resp, err := http.Get(url)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	// Each service's own metric families (a stage's deliveries appear
+	// only once it has handled one; its handling-time family is described
+	// by then too, so the Go runtime's metrics are what is always there).
+	own := map[string]string{
+		"projector":  "leviathan_projector_ready 1",
+		"localforge": "go_goroutines",
+	}
+	for _, name := range ServiceNames {
+		url := base[name]
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			status, body := get(url + "/readyz")
+			if status == 200 {
+				var v map[string]any
+				if err := json.Unmarshal([]byte(body), &v); err != nil || v["status"] != "ready" {
+					t.Errorf("%s /readyz: %q", name, body)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never ready: %d %s", name, status, body)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if status, body := get(url + "/healthz"); status != 200 || !strings.Contains(body, `"ok"`) {
+			t.Errorf("%s /healthz: %d %q", name, status, body)
+		}
+		want := own[name]
+		if want == "" {
+			want = "go_goroutines"
+		}
+		if status, body := get(url + "/metrics"); status != 200 || !strings.Contains(body, want) || !strings.Contains(body, "process_cpu_seconds_total") {
+			t.Errorf("%s /metrics: %d, without %q or process metrics", name, status, want)
+		}
+	}
+
+	// NATS goes away: the stages lose readiness, not liveness (a restart
+	// would not bring NATS back); localforge does not use NATS.
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	for _, name := range StageNames {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			status, _ := get(base[name] + "/readyz")
+			if status == http.StatusServiceUnavailable {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s /readyz = %d with NATS down", name, status)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if status, _ := get(base[name] + "/healthz"); status != 200 {
+			t.Errorf("%s /healthz = %d with NATS down", name, status)
+		}
+	}
+	if status, _ := get(base["localforge"] + "/readyz"); status != 200 {
+		t.Errorf("localforge /readyz = %d", status)
+	}
+}

@@ -1,0 +1,328 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/leviathan-dev/leviathan/events/eventgen"
+	"github.com/leviathan-dev/leviathan/internal/stage"
+	"github.com/leviathan-dev/leviathan/services/projector"
+	"github.com/leviathan-dev/leviathan/services/projector/graph"
+)
+
+// do sends a request with an Authorization header (none when auth is "")
+// and decodes a JSON answer.
+func (r *running) do(t *testing.T, method, path, auth, body string) (int, map[string]any, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, r.srv.URL+path, strings.NewReader(body))
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if strings.Contains(string(raw), testToken) {
+		t.Fatalf("%s %s: the token is in the answer", method, path)
+	}
+	var out map[string]any
+	if resp.Header.Get("Content-Type") == "application/json" {
+		if err := json.Unmarshal(raw, &out); err != nil {
+			t.Fatalf("%s %s: not JSON: %s", method, path, raw)
+		}
+	}
+	return resp.StatusCode, out, resp.Header
+}
+
+const bearer = "Bearer " + testToken
+
+// TestEveryRouteRequiresTheToken: every /v1 route answers 401 JSON with a
+// detail for a missing, wrong or non-bearer credential, and no route's
+// existence shows without one.
+func TestEveryRouteRequiresTheToken(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	routes := []struct{ method, path string }{
+		{"GET", "/v1/graph/summary"}, {"GET", "/v1/attempts"}, {"GET", "/v1/attempts/a-1"},
+		{"POST", "/v1/attempts/a-1/invalidate"}, {"GET", "/v1/failures"}, {"GET", "/v1/events/recent"},
+		{"POST", "/v1/events/ingest"}, {"GET", "/v1/nothing"}, {"DELETE", "/v1/graph/summary"},
+	}
+	for _, rt := range routes {
+		for _, auth := range []string{"", "Bearer wrong", "Basic " + testToken, "Bearer ", testToken, "Bearer " + testToken + "x", "Bearer " + testToken[:len(testToken)-1]} {
+			status, body, h := r.do(t, rt.method, rt.path, auth, `{}`)
+			if status != http.StatusUnauthorized || body["detail"] == nil || h.Get("WWW-Authenticate") == "" {
+				t.Errorf("%s %s with %q: %d %v", rt.method, rt.path, auth, status, body)
+			}
+		}
+	}
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/": 200, "/nothing": 404} {
+		req, _ := http.NewRequest("GET", r.srv.URL+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s without a token: %d, want %d", path, resp.StatusCode, want)
+		}
+		if want == 404 && resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("GET %s: a 404 of type %q, want the API's JSON", path, resp.Header.Get("Content-Type"))
+		}
+	}
+	// The scheme is case-insensitive (RFC 9110), the token is not.
+	if status, _, _ := r.do(t, "GET", "/v1/graph/summary", "bearer "+testToken, ""); status != 200 {
+		t.Errorf("lower-case scheme: %d", status)
+	}
+	if status, _, _ := r.do(t, "GET", "/v1/graph/summary", "Bearer "+strings.ToUpper(testToken), ""); status != 401 {
+		t.Errorf("upper-cased token: %d", status)
+	}
+}
+
+func TestRouteErrors(t *testing.T) {
+	res := setupStream(t)
+	publish(t, res, eventgen.Stream(100))
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	cases := []struct {
+		method, path, body string
+		status             int
+	}{
+		{"GET", "/v1/nothing", "", 404},
+		{"POST", "/v1/graph/summary", "", 405},
+		{"GET", "/v1/events/ingest", "", 405},
+		{"GET", "/v1/attempts/a-0000001/invalidate", "", 405},
+		{"GET", "/v1/attempts?limit=abc", "", 422},
+		{"GET", "/v1/attempts?limit=0", "", 422},
+		{"GET", "/v1/failures?limit=-3", "", 422},
+		{"GET", "/v1/events/recent?limit=1.5", "", 422},
+		{"GET", "/v1/attempts/no-such-attempt", "", 404},
+		{"POST", "/v1/attempts/a-0000001/invalidate", "", 422},
+		{"POST", "/v1/attempts/a-0000001/invalidate", "{}", 422},
+		{"POST", "/v1/attempts/a-0000001/invalidate", `{"reason":"  "}`, 422},
+		{"POST", "/v1/attempts/a-0000001/invalidate", `{"reason":7}`, 422},
+		{"POST", "/v1/attempts/a-0000001/invalidate", `not json`, 422},
+		{"POST", "/v1/attempts/no-such-attempt/invalidate", `{"reason":"x"}`, 404},
+		// A rejected request is no Attempt node: nothing to invalidate.
+		{"POST", "/v1/attempts/a-0000049/invalidate", `{"reason":"x"}`, 404},
+		{"POST", "/v1/events/ingest", `not json`, 422},
+		{"POST", "/v1/events/ingest", `{"bundle_id":"b","events":[]}`, 422},
+		{"POST", "/v1/events/ingest", `{"target":"t","events":[]}`, 422},
+		{"POST", "/v1/events/ingest", `{"target":"t","bundle_id":"b"}`, 422},
+	}
+	for _, c := range cases {
+		status, body, h := r.do(t, c.method, c.path, bearer, c.body)
+		if status != c.status || body["detail"] == nil {
+			t.Errorf("%s %s %s: %d %v, want %d with a detail", c.method, c.path, c.body, status, body, c.status)
+		}
+		if status == 405 && h.Get("Allow") == "" {
+			t.Errorf("%s %s: 405 without Allow", c.method, c.path)
+		}
+	}
+	big := `{"target":"t","bundle_id":"b","events":[],"pad":"` + strings.Repeat("x", maxIngestBytes) + `"}`
+	if status, _, _ := r.do(t, "POST", "/v1/events/ingest", bearer, big); status != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized bundle: %d", status)
+	}
+}
+
+func TestListRoutes(t *testing.T) {
+	res := setupStream(t)
+	evs := eventgen.Stream(1000)
+	publish(t, res, evs)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+
+	_, body, _ := r.do(t, "GET", "/v1/attempts?target=radix&limit=3", bearer, "")
+	list := body["attempts"].([]any)
+	if body["count"].(float64) != 3 || len(list) != 3 {
+		t.Fatalf("attempts %v", body)
+	}
+	first := list[0].(map[string]any)
+	for _, k := range []string{"attempt_id", "task_id", "target", "status", "timestamp", "pr_url", "pr_number"} {
+		if _, ok := first[k]; !ok {
+			t.Errorf("attempt without %s: %v", k, first)
+		}
+	}
+	if first["target"] != "radix" {
+		t.Fatalf("target filter: %v", first)
+	}
+	if _, body, _ := r.do(t, "GET", "/v1/attempts", bearer, ""); body["count"].(float64) != defaultListLimit {
+		t.Fatalf("default limit: %v", body["count"])
+	}
+
+	_, body, _ = r.do(t, "GET", "/v1/failures?limit=2", bearer, "")
+	fs := body["failures"].([]any)
+	if len(fs) != 2 {
+		t.Fatalf("failures %v", body)
+	}
+	for _, k := range []string{"attempt_id", "task_id", "target", "error", "timestamp"} {
+		if _, ok := fs[0].(map[string]any)[k]; !ok {
+			t.Errorf("failure without %s: %v", k, fs[0])
+		}
+	}
+
+	_, body, _ = r.do(t, "GET", "/v1/events/recent?limit=30", bearer, "")
+	if body["count"].(float64) != 30 || body["events"].([]any)[0].(map[string]any)["event_id"] == "" {
+		t.Fatalf("recent %v", body["count"])
+	}
+	_, sum, _ := r.do(t, "GET", "/v1/graph/summary", bearer, "")
+	if len(sum["recent_events"].([]any)) != graph.SummaryEvents || sum["nodes_by_type"].(map[string]any)["Attempt"] == nil {
+		t.Fatalf("summary %v", sum)
+	}
+
+	// One attempt: its node, every event read back from the stream, and
+	// what it produced.
+	id := first["attempt_id"].(string)
+	_, body, _ = r.do(t, "GET", "/v1/attempts/"+id, bearer, "")
+	node := body["attempt_node"].(map[string]any)
+	shown := body["events"].([]any)
+	if node["node_id"] != "attempt:"+id || node["node_type"] != "Attempt" || len(shown) < 2 {
+		t.Fatalf("attempt %v", body)
+	}
+	ev := shown[0].(map[string]any)
+	if ev["event_type"] != "attempt.requested" || ev["event_id"] == "" || ev["payload"].(map[string]any)["task"] == nil {
+		t.Fatalf("first event %v", ev)
+	}
+	if first["status"] == "succeeded" && len(body["artifacts"].([]any)) != 2 {
+		t.Fatalf("artifacts %v", body["artifacts"])
+	}
+
+	status, metrics := r.get(t, "/metrics", "")
+	for _, m := range []string{fmt.Sprintf("leviathan_projector_events_applied_total %d", len(evs)), "leviathan_projector_lag_events 0",
+		`leviathan_projector_nodes{type="Attempt"}`, "leviathan_projector_ready 1"} {
+		if status != 200 || !strings.Contains(string(metrics), m) {
+			t.Errorf("metrics without %q", m)
+		}
+	}
+}
+
+// pythonBundle is what the Python worker's post_event_to_control_plane
+// sends: attempt_id and target_id only in the payload, a timestamp from
+// datetime.utcnow().isoformat() (no zone), artifacts empty.
+func pythonBundle(attempt, eventID, typ, ts string, payload string) string {
+	return fmt.Sprintf(`{"target": "radix", "bundle_id": "bundle-%s", "events": [{"event_id": %q, "event_type": %q,
+		"timestamp": %q, "actor_id": "pr-proof-worker-%s", "payload": %s}], "artifacts": []}`,
+		attempt, eventID, typ, ts, attempt, payload)
+}
+
+func TestIngestThePythonWorkersBundles(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	p := `"attempt_id": "attempt-7", "task_id": "pr-proof-v1-backlog-only", "target_id": "radix"`
+	pr := `"pr_number": 12, "pr_url": "https://github.com/o/radix/pull/12"`
+	bundles := []string{
+		pythonBundle("attempt-7", "7e1a4c1e-1111-4a4a-8b8b-000000000001", "attempt.created", "2026-01-28T12:00:00.123456",
+			`{`+p+`, "attempt_number": 1, "status": "created"}`),
+		pythonBundle("attempt-7", "7e1a4c1e-1111-4a4a-8b8b-000000000002", "attempt.started", "2026-01-28T12:00:01.5",
+			`{`+p+`, "status": "running"}`),
+		pythonBundle("attempt-7", "7e1a4c1e-1111-4a4a-8b8b-000000000003", "pr.created", "2026-01-28T12:00:09",
+			`{`+p+`, `+pr+`, "branch_name": "agent/backlog-propose-attempt-7", "commit_sha": "abc123"}`),
+		pythonBundle("attempt-7", "7e1a4c1e-1111-4a4a-8b8b-000000000004", "attempt.succeeded", "2026-01-28T12:00:10.000001",
+			`{`+p+`, "status": "succeeded", `+pr+`}`),
+	}
+	for _, b := range bundles {
+		status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, b)
+		if status != 200 || body["ingested"].(float64) != 1 || body["bundle_id"] != "bundle-attempt-7" || body["status"] != "ok" {
+			t.Fatalf("ingest: %d %v", status, body)
+		}
+	}
+	// Read-your-writes: the answer waited for the projector.
+	_, sum, _ := r.do(t, "GET", "/v1/graph/summary", bearer, "")
+	if got := fmt.Sprint(sum["nodes_by_type"], sum["edges_by_type"]); got != happy {
+		t.Fatalf("summary %s, want %s", got, happy)
+	}
+	recent := sum["recent_events"].([]any)[0].(map[string]any)
+	if recent["event_type"] != "attempt.succeeded" || recent["timestamp"] != "2026-01-28T12:00:10.000001Z" ||
+		recent["target"] != "radix" || recent["attempt_id"] != "attempt-7" || recent["actor_id"] != "pr-proof-worker-attempt-7" {
+		t.Fatalf("recent event %v", recent)
+	}
+	// Published on the attempt's subject with Nats-Msg-Id = event_id: a
+	// retried bundle adds nothing.
+	msg, err := res.Stream.GetLastMsgForSubject(t.Context(), "leviathan.attempts.attempt-7.pr.created")
+	if err != nil || msg.Header.Get("Nats-Msg-Id") != "7e1a4c1e-1111-4a4a-8b8b-000000000003" {
+		t.Fatalf("stored message: %v %v", err, msg)
+	}
+	status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bundles[2])
+	if status != 200 || body["ingested"].(float64) != 1 || body["duplicates"].(float64) != 1 || body["artifacts_ignored"] != nil {
+		t.Fatalf("retry: %d %v", status, body)
+	}
+	// Artifacts in a bundle are not stored, and the answer says so.
+	withArtifacts := strings.Replace(bundles[2], `"artifacts": []`, `"artifacts": [{"artifact_id": "x"}, {"artifact_id": "y"}]`, 1)
+	if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, withArtifacts); status != 200 || body["artifacts_ignored"] != 2.0 {
+		t.Fatalf("bundle with artifacts: %d %v", status, body)
+	}
+
+	// Bad events reject the whole bundle, naming the event and field.
+	before, _ := res.Stream.Info(t.Context())
+	for bad, field := range map[string]string{
+		pythonBundle("a-8", "e-1", "attempt.created", "yesterday", `{"attempt_id":"a-8"}`):           "events[0].timestamp",
+		pythonBundle("a-8", "e-1", "attempt.created", "2026-01-28T12:00:00", `{"task_id":"x"}`):      "events[0].attempt_id",
+		pythonBundle("a-8", "e-1", "attempt.created", "2026-01-28T12:00:00", `{"attempt_id":"a b"}`): "events[0].attempt_id",
+		pythonBundle("a-8", "e 1", "attempt.created", "2026-01-28T12:00:00", `{"attempt_id":"a-8"}`): "events[0].event_id",
+		pythonBundle("a-8", "e-1", "attempt.*", "2026-01-28T12:00:00", `{"attempt_id":"a-8"}`):       "events[0].event_type",
+		pythonBundle("a-8", "e-1", "attempt.created", "2026-01-28T12:00:00", `[1]`):                  "events[0].payload",
+	} {
+		status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bad)
+		if status != 422 || !strings.HasPrefix(body["detail"].(string), field) {
+			t.Errorf("bad bundle: %d %v, want 422 naming %s", status, body, field)
+		}
+	}
+	if after, _ := res.Stream.Info(t.Context()); after.State.Msgs != before.State.Msgs {
+		t.Fatal("a rejected bundle published something")
+	}
+
+	// Invalidate it: the event goes through the stream, the node changes.
+	status, body, _ = r.do(t, "POST", "/v1/attempts/attempt-7/invalidate", bearer, `{"reason":"wrong target"}`)
+	if status != 200 || body["status"] != "invalidated" || body["attempt_id"] != "attempt-7" || body["already_invalidated"] != false {
+		t.Fatalf("invalidate: %d %v", status, body)
+	}
+	_, body, _ = r.do(t, "GET", "/v1/attempts/attempt-7", bearer, "")
+	props := body["attempt_node"].(map[string]any)["properties"].(map[string]any)
+	evs := body["events"].([]any)
+	last := evs[len(evs)-1].(map[string]any)
+	if props["status"] != "invalidated" || props["invalidation_reason"] != "wrong target" || last["event_type"] != "attempt.invalidated" ||
+		last["actor_id"] != "user:control-plane" {
+		t.Fatalf("after invalidate: %v / %v", props, last)
+	}
+	// Asking again changes nothing and says which reason stands.
+	if _, body, _ = r.do(t, "POST", "/v1/attempts/attempt-7/invalidate", bearer, `{"reason":"again"}`); body["already_invalidated"] != true || body["reason"] != "wrong target" {
+		t.Fatalf("second invalidate: %v", body)
+	}
+	// Invalidated by another producer without a reason: still invalidated
+	// once; nothing more is published.
+	q := `"attempt_id": "attempt-9", "task_id": "T-9", "target_id": "radix"`
+	for i, typ := range []string{"attempt.created", "attempt.invalidated"} {
+		b := pythonBundle("attempt-9", fmt.Sprintf("9e1a4c1e-1111-4a4a-8b8b-00000000000%d", i), typ, "2026-01-28T13:00:00", `{`+q+`}`)
+		if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, b); status != 200 {
+			t.Fatalf("ingest %s: %d %v", typ, status, body)
+		}
+	}
+	if _, body, _ = r.do(t, "POST", "/v1/attempts/attempt-9/invalidate", bearer, `{"reason":"mine"}`); body["already_invalidated"] != true || body["reason"] != "" {
+		t.Fatalf("invalidate after a reasonless invalidation: %v", body)
+	}
+	if n := countMessages(t, res, "leviathan.attempts.attempt-9.attempt.invalidated"); n != 1 {
+		t.Fatalf("%d attempt.invalidated messages, want 1", n)
+	}
+}
+
+// countMessages counts the stream's messages on subject.
+func countMessages(t *testing.T, res *stage.Resources, subject string) uint64 {
+	t.Helper()
+	info, err := res.Stream.Info(t.Context(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
+}

@@ -1,0 +1,181 @@
+package graph
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/leviathan-dev/leviathan/events/eventgen"
+)
+
+// reference decodes what decodeEnvelope decodes, with encoding/json: the
+// specification the fast decoder is checked against. Keys match exactly
+// and the last of a repeated key wins (map decoding); a field of the wrong
+// type counts as absent.
+func reference(data []byte) (rec map[string]string, isEnvelope bool, ok bool) {
+	var top map[string]any
+	if json.Unmarshal(data, &top) != nil {
+		return nil, false, false
+	}
+	str := func(m map[string]any, k string) string {
+		s, _ := m[k].(string)
+		return s
+	}
+	payload, _ := top["payload"].(map[string]any)
+	if str(top, "event_type") == "" || payload == nil {
+		return nil, false, true
+	}
+	rec = map[string]string{
+		"id": str(top, "event_id"), "typ": str(top, "event_type"), "actor": str(top, "actor_id"),
+		"attempt": str(top, "attempt_id"), "target": str(top, "target_id"),
+		"task": str(payload, "task_id"), "status": str(payload, "status"), "commit": str(payload, "commit_sha"),
+		"prURL": str(payload, "pr_url"), "prTitle": str(payload, "title"), "summary": str(payload, "error_summary"),
+		"reason": str(payload, "reason"), "title": str(payload, "task_title"),
+	}
+	if rec["attempt"] == "" {
+		rec["attempt"] = str(payload, "attempt_id")
+	}
+	if rec["target"] == "" {
+		rec["target"] = str(payload, "target_id")
+	}
+	if rec["summary"] == "" {
+		rec["summary"] = str(payload, "error")
+	}
+	if t, ok := payload["target"].(map[string]any); ok && rec["target"] == "" {
+		rec["target"] = str(t, "name")
+	}
+	if t, ok := payload["task"].(map[string]any); ok {
+		if rec["task"] == "" {
+			rec["task"] = str(t, "id")
+		}
+		if rec["title"] == "" {
+			rec["title"] = str(t, "title")
+		}
+	}
+	n := int64(0)
+	if f, ok := payload["pr_number"].(float64); ok && f == math.Trunc(f) && math.Abs(f) <= 1<<53 {
+		n = int64(f)
+	}
+	rec["prNumber"] = fmt.Sprint(n)
+	return rec, true, true
+}
+
+func recordFields(r *record) map[string]string {
+	return map[string]string{
+		"id": string(r.id), "typ": string(r.typ), "actor": string(r.actor), "attempt": string(r.attempt),
+		"target": string(r.target), "task": string(r.task), "status": string(r.status), "commit": string(r.commit),
+		"prURL": string(r.prURL), "prTitle": string(r.prTitle), "summary": string(r.summary),
+		"reason": string(r.reason), "title": string(r.title), "prNumber": fmt.Sprint(r.prNumber),
+	}
+}
+
+// checkAgainstReference fails when the fast decoder and encoding/json
+// disagree on a document encoding/json accepts.
+func checkAgainstReference(t *testing.T, data []byte) {
+	t.Helper()
+	want, wantEnv, valid := reference(data)
+	var r record
+	gotEnv, err := decodeEnvelope(data, &r)
+	if !valid {
+		return // malformed JSON: the fast decoder may reject it or not
+	}
+	var top any
+	_ = json.Unmarshal(data, &top)
+	if _, isObject := top.(map[string]any); !isObject {
+		return
+	}
+	if err != nil {
+		t.Fatalf("rejected what encoding/json accepts: %v\n%q", err, data)
+	}
+	if gotEnv != wantEnv {
+		t.Fatalf("envelope = %v, want %v\n%q", gotEnv, wantEnv, data)
+	}
+	if !wantEnv {
+		return
+	}
+	got := recordFields(&r)
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("%s = %q, want %q\n%q", k, got[k], v, data)
+		}
+	}
+}
+
+func TestDecodeMatchesEncodingJSON(t *testing.T) {
+	for _, env := range eventgen.Stream(200) {
+		data, _ := env.Marshal()
+		checkAgainstReference(t, data)
+	}
+	for _, doc := range []string{
+		`{"event_type":"x","payload":{"task_id":"a\"b\\c\u00e9\ud83d\ude00\n","pr_number":12.0}}`,
+		`{"event_type":"x","payload":{"pr_number":1e3,"pr_url":null,"status":5,"reason":["x"]}}`,
+		`{"event_type":"x","payload":{"task_id":"first","task_id":"second"},"event_id":"e"}`,
+		`{"event_type":"x","payload":{"a":{"b":[1,2,{"c":"}"}]},"attempt_id":"p"},"attempt_id":""}`,
+		`{"event_type":"x","payload":{"task_id":"\ud800 lone","reason":"bad \xff utf8"}}`,
+		`{"event_type":"x","payload":{"target":{"name":"t","repo_url":"u"},"task":{"id":"T","title":"tt"}}}`,
+		`{"event_type":"x","payload":{},"target_id":"top"}`,
+		`  {"event_type" : "x" , "payload" : { } }  `,
+		`{"payload":{"a":1}}`,
+		`{"event_type":"","payload":{}}`,
+		`{"event_type":"x","payload":[]}`,
+		`{}`,
+	} {
+		checkAgainstReference(t, []byte(doc))
+	}
+}
+
+func TestDecodeRejectsMalformed(t *testing.T) {
+	for _, doc := range []string{
+		``, `[]`, `"x"`, `{`, `{"a"}`, `{"a":}`, `{"a":1,}`, `{"a":1} x`, `{"a":tru}`, `{"a":01}`,
+		`{"a":"\x"}`, `{"a":"\u12"}`, `{"a":[1,]}`, `{"a":{"b":1,}}`, `{"a":-}`, `{"a":1.}`,
+	} {
+		var r record
+		if _, err := decodeEnvelope([]byte(doc), &r); err == nil {
+			t.Errorf("accepted %q", doc)
+		}
+	}
+}
+
+func TestParseTimestamp(t *testing.T) {
+	for in, want := range map[string]time.Time{
+		"2026-01-28T12:34:56.123456":      time.Date(2026, 1, 28, 12, 34, 56, 123456000, time.UTC),
+		"2026-01-28T12:34:56":             time.Date(2026, 1, 28, 12, 34, 56, 0, time.UTC),
+		"2026-01-28T12:34:56Z":            time.Date(2026, 1, 28, 12, 34, 56, 0, time.UTC),
+		"2026-01-28T13:34:56.5+01:00":     time.Date(2026, 1, 28, 12, 34, 56, 500000000, time.UTC),
+		"2026-01-28 12:34:56.000001":      time.Date(2026, 1, 28, 12, 34, 56, 1000, time.UTC),
+		"2026-01-28T12:34:56.123456+0000": {},
+	} {
+		got, err := ParseTimestamp(in)
+		if want.IsZero() {
+			if err == nil {
+				t.Errorf("%s accepted", in)
+			}
+			continue
+		}
+		if err != nil || !got.Equal(want) || got.Location() != time.UTC {
+			t.Errorf("%s = %v, %v; want %v", in, got, err, want)
+		}
+	}
+}
+
+// FuzzDecodeEnvelope checks the fast decoder against encoding/json on any
+// input: same fields for every document encoding/json accepts, and never
+// a panic.
+func FuzzDecodeEnvelope(f *testing.F) {
+	for _, env := range eventgen.Stream(20)[:12] {
+		data, _ := env.Marshal()
+		f.Add(data)
+	}
+	f.Add([]byte(`{"event_type":"x","payload":{"task_id":"a\"b\u00e9\ud83d\ude00","pr_number":1e2}}`))
+	// Strings whose quote, escape or first non-ASCII byte falls anywhere in
+	// an eight-byte word, and invalid UTF-8.
+	f.Add([]byte(`{"event_type":"abcdefg","payload":{"task_id":"abcdefgh\\","status":"1234567é","title":"12345678\"x"}}`))
+	f.Add([]byte("{\"event_type\":\"x\",\"payload\":{\"task_id\":\"ab\xffcdefghij\",\"status\":\"\x80\"}}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkAgainstReference(t, data)
+		var r record
+		_ = decodeBareRequest(data, &r)
+	})
+}

@@ -1,0 +1,307 @@
+package graph
+
+import (
+	"strconv"
+	"time"
+)
+
+// NodeView is a node as the API returns it, in the Python control plane's
+// shape.
+type NodeView struct {
+	NodeID     string         `json:"node_id"`
+	NodeType   string         `json:"node_type"`
+	Properties map[string]any `json:"properties"`
+	CreatedAt  *time.Time     `json:"created_at,omitempty"`
+	UpdatedAt  *time.Time     `json:"updated_at,omitempty"`
+}
+
+// AttemptItem is one attempt of GET /v1/attempts (the Python keys
+// attempt_id, task_id, target, status, timestamp, pr_url, pr_number, and a
+// few more).
+type AttemptItem struct {
+	AttemptID   string    `json:"attempt_id"`
+	NodeID      string    `json:"node_id"`
+	TaskID      string    `json:"task_id"`
+	TaskTitle   string    `json:"task_title,omitempty"`
+	Target      string    `json:"target"`
+	Status      string    `json:"status"`
+	Timestamp   time.Time `json:"timestamp"`
+	UpdatedAt   time.Time `json:"updated_at"`
+	PRURL       *string   `json:"pr_url"`
+	PRNumber    *int64    `json:"pr_number"`
+	CommitSHA   string    `json:"commit_sha,omitempty"`
+	FailureType string    `json:"failure_type,omitempty"`
+	Error       string    `json:"error,omitempty"`
+	Reason      string    `json:"invalidation_reason,omitempty"`
+	// Steps is the attempt's timeline (not in the API's list).
+	Steps []Step `json:"-"`
+}
+
+// Step is one event of an attempt's timeline.
+type Step struct {
+	Seq       uint64    `json:"seq"`
+	EventType string    `json:"event_type"`
+	Timestamp time.Time `json:"timestamp"`
+	ActorID   string    `json:"actor_id"`
+}
+
+// FailureItem is one line of GET /v1/failures.
+type FailureItem struct {
+	AttemptID   string    `json:"attempt_id"`
+	TaskID      string    `json:"task_id"`
+	Target      string    `json:"target"`
+	Error       string    `json:"error"`
+	Timestamp   time.Time `json:"timestamp"`
+	EventType   string    `json:"event_type"`
+	Stage       string    `json:"stage,omitempty"`
+	FailureType string    `json:"failure_type,omitempty"`
+}
+
+// AttemptDetail is what the graph knows of one attempt: its node (nil when
+// the attempt never became one, e.g. a rejected request), its timeline and
+// the nodes it produced.
+type AttemptDetail struct {
+	Node      *NodeView
+	Item      AttemptItem
+	Steps     []Step
+	Artifacts []NodeView
+}
+
+// Attempts lists Attempt nodes, newest first, of one target ("" for all).
+func (g *Graph) Attempts(target string, limit int) []AttemptItem {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	list := g.nodes
+	if target != "" {
+		id, ok := g.syms.ids[target]
+		t := g.byTarget[id]
+		if !ok || t == nil {
+			return []AttemptItem{}
+		}
+		list = t.attempts
+	}
+	out := make([]AttemptItem, 0, min(limit, len(list)))
+	for i := len(list) - 1; i >= 0 && len(out) < limit; i-- {
+		out = append(out, g.item(list[i], false))
+	}
+	return out
+}
+
+// RecentAttempts is Attempts with each attempt's timeline, for the page.
+func (g *Graph) RecentAttempts(limit int) []AttemptItem {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	out := make([]AttemptItem, 0, min(limit, len(g.nodes)))
+	for i := len(g.nodes) - 1; i >= 0 && len(out) < limit; i-- {
+		out = append(out, g.item(g.nodes[i], true))
+	}
+	return out
+}
+
+func (g *Graph) item(a *attempt, steps bool) AttemptItem {
+	it := AttemptItem{
+		AttemptID: a.id, NodeID: attemptNodeID(a.id), Target: g.targetName(a.target),
+		Status: g.syms.str(a.status), Timestamp: nanoTime(a.created), UpdatedAt: nanoTime(a.updated),
+		Reason: a.reason,
+	}
+	if a.task != nil {
+		it.TaskID, it.TaskTitle = a.task.id, a.task.title
+	}
+	if n := len(a.pulls); n > 0 {
+		p := a.pulls[n-1]
+		u, num := g.pullURL(p), p.number
+		it.PRURL, it.PRNumber = &u, &num
+	}
+	if n := len(a.commits); n > 0 {
+		it.CommitSHA = a.commits[n-1].sha
+	}
+	if f := a.failure; f != nil {
+		it.FailureType, it.Error = g.syms.str(f.kind), f.summary
+	}
+	if steps {
+		it.Steps = g.steps(a)
+	}
+	return it
+}
+
+func (g *Graph) steps(a *attempt) []Step {
+	out := make([]Step, len(a.steps))
+	for i, s := range a.steps {
+		out[i] = Step{Seq: s.seq, EventType: g.syms.str(s.typ), Timestamp: nanoTime(s.ts), ActorID: g.syms.str(s.actor)}
+	}
+	return out
+}
+
+// Attempt returns what the graph knows of an attempt id; false when no
+// event ever named it.
+func (g *Graph) Attempt(id string) (AttemptDetail, bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	a := g.byAttempt[id]
+	if a == nil {
+		return AttemptDetail{}, false
+	}
+	d := AttemptDetail{Item: g.item(a, false), Steps: g.steps(a), Artifacts: []NodeView{}}
+	if a.node {
+		n := g.attemptView(a)
+		d.Node = &n
+	}
+	for _, c := range a.commits {
+		d.Artifacts = append(d.Artifacts, g.commitView(c))
+	}
+	for _, p := range a.pulls {
+		d.Artifacts = append(d.Artifacts, g.pullView(p))
+	}
+	return d, true
+}
+
+// IsAttemptNode reports whether id is an Attempt node.
+func (g *Graph) IsAttemptNode(id string) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	a := g.byAttempt[id]
+	return a != nil && a.node
+}
+
+func (g *Graph) attemptView(a *attempt) NodeView {
+	it := g.item(a, false)
+	props := map[string]any{
+		"attempt_id": a.id, "target": it.Target, "task_id": it.TaskID, "status": it.Status,
+		"timestamp": it.Timestamp, "pr_url": it.PRURL, "pr_number": it.PRNumber,
+	}
+	if it.FailureType != "" || it.Error != "" {
+		props["failure_type"], props["failure_reason"] = it.FailureType, it.Error
+		props["failure_stage"] = g.syms.str(a.failure.stage)
+	}
+	if a.reason != "" {
+		props["invalidation_reason"] = a.reason
+	}
+	created, updated := it.Timestamp, it.UpdatedAt
+	return NodeView{NodeID: it.NodeID, NodeType: NodeAttempt, Properties: props, CreatedAt: &created, UpdatedAt: &updated}
+}
+
+func (g *Graph) commitView(c *commit) NodeView {
+	return NodeView{NodeID: g.commitNodeID(c), NodeType: NodeCommit, Properties: map[string]any{
+		"commit_sha": c.sha, "branch_name": c.branch, "target": g.targetName(c.target),
+	}}
+}
+
+func (g *Graph) pullView(p *pull) NodeView {
+	return NodeView{NodeID: g.pullNodeID(p), NodeType: NodePullRequest, Properties: map[string]any{
+		"pr_number": p.number, "pr_url": g.pullURL(p), "repo": g.syms.str(p.repo),
+		"title": p.title, "state": g.syms.str(p.state),
+	}}
+}
+
+// Failures lists attempt.failed and attempt.rejected events, newest first,
+// of one target ("" for all).
+func (g *Graph) Failures(target string, limit int) []FailureItem {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	out := []FailureItem{}
+	for i := len(g.failed) - 1; i >= 0 && len(out) < limit; i-- {
+		f := g.failed[i]
+		a := f.attempt
+		tgt := g.targetName(a.target)
+		if tgt == "" {
+			tgt = g.stepTarget(f)
+		}
+		if target != "" && tgt != target {
+			continue
+		}
+		it := FailureItem{
+			AttemptID: a.id, Target: tgt, Error: f.summary, Timestamp: nanoTime(f.ts),
+			EventType: g.syms.str(f.typ), Stage: g.syms.str(f.stage), FailureType: g.syms.str(f.kind),
+		}
+		if a.task != nil {
+			it.TaskID = a.task.id
+		}
+		out = append(out, it)
+	}
+	return out
+}
+
+// stepTarget is the target of a rejected request, which makes no node: the
+// one its events named, found in the recent events when still there.
+func (g *Graph) stepTarget(f *failure) string {
+	for i := 1; i <= g.ringLen; i++ {
+		e := g.ring[(g.ringNext-i+RecentEventsKept)%RecentEventsKept]
+		if e.attempt == f.attempt.id && e.target != 0 {
+			return g.syms.str(e.target)
+		}
+	}
+	return ""
+}
+
+// Picture is the part of the graph the page draws: the nodes around the
+// newest attempts, in columns by type, and the edges between them.
+type Picture struct {
+	Columns [5][]PictureNode // Target, Task, Attempt, Commit, PullRequest
+	Edges   []PictureEdge
+}
+
+// PictureNode is one node of the picture.
+type PictureNode struct {
+	ID, Label, Status string
+}
+
+// PictureEdge is one edge of the picture, by node id.
+type PictureEdge struct {
+	Type, From, To string
+}
+
+// Picture returns the subgraph of the newest attempts.
+func (g *Graph) Picture(attempts int) Picture {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	var pic Picture
+	seen := map[string]bool{}
+	add := func(col int, id, label, status string) {
+		if !seen[id] {
+			seen[id] = true
+			pic.Columns[col] = append(pic.Columns[col], PictureNode{ID: id, Label: label, Status: status})
+		}
+	}
+	for i := len(g.nodes) - 1; i >= 0 && len(pic.Columns[2]) < attempts; i-- {
+		a := g.nodes[i]
+		aid := attemptNodeID(a.id)
+		add(2, aid, a.id, g.syms.str(a.status))
+		if t := a.task; t != nil {
+			tid := g.taskNodeID(t)
+			label := t.id
+			if t.title != "" {
+				label += " · " + t.title
+			}
+			add(1, tid, label, "")
+			pic.Edges = append(pic.Edges, PictureEdge{EdgeDependsOn, aid, tid})
+			if t.target != nil {
+				name := g.syms.str(t.target.name)
+				if !seen[targetNodeID(name)] {
+					add(0, targetNodeID(name), name, "")
+				}
+				if !seen[tid+">"] {
+					seen[tid+">"] = true
+					pic.Edges = append(pic.Edges, PictureEdge{EdgeDependsOn, tid, targetNodeID(name)})
+				}
+			}
+		}
+		for _, c := range a.commits {
+			cid := g.commitNodeID(c)
+			add(3, cid, shortSHA(c.sha), "")
+			pic.Edges = append(pic.Edges, PictureEdge{EdgeProduced, aid, cid})
+		}
+		for _, p := range a.pulls {
+			pid := g.pullNodeID(p)
+			add(4, pid, g.syms.str(p.repo)+"#"+strconv.FormatInt(p.number, 10), g.syms.str(p.state))
+			pic.Edges = append(pic.Edges, PictureEdge{EdgeProduced, aid, pid})
+		}
+	}
+	return pic
+}
+
+func shortSHA(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
