@@ -201,3 +201,20 @@ type Invalidated struct {
 	Ref
 	Reason string `json:"reason"`
 }
+
+// StageInputs are the event types a stage consumes, by stage. Only the
+// services publish them: an outside producer (ingest) that could would
+// start or steer an attempt's work.
+var StageInputs = map[string]Type{
+	"clone": AttemptRequested, "backlog-edit": RepoFetched, "push": BacklogEdited, "pr": BranchPushed,
+}
+
+// ConsumedByStage reports whether a stage consumes events of type t.
+func ConsumedByStage(t Type) bool {
+	for _, in := range StageInputs {
+		if in == t {
+			return true
+		}
+	}
+	return false
+}

@@ -35,6 +35,7 @@ func cmdDev(ctx context.Context, args []string, env environment, stdout, stderr 
 		return &exitError{code: 2, msg: err.Error()}
 	}
 	cfg.ControlToken = env.ControlToken
+	cfg.AllowedHosts, cfg.PrivateHosts = list(env.AllowedHosts), list(env.PrivateHosts)
 	cfg.Logger = newLogger(stderr, env.LogLevel)
 	s, err := stack.StartStack(ctx, cfg)
 	if err != nil {
@@ -94,6 +95,7 @@ func cmdDemo(ctx context.Context, args []string, env environment, stdout, stderr
 		cfg.DataDir = dir
 	}
 	cfg.ControlToken = env.ControlToken
+	cfg.AllowedHosts, cfg.PrivateHosts = list(env.AllowedHosts), list(env.PrivateHosts)
 	cfg.Logger = newLogger(stderr, firstSet(env.LogLevel, "warn"))
 	s, err := stack.StartStack(ctx, cfg)
 	if err != nil {

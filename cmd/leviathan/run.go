@@ -97,6 +97,8 @@ type environment struct {
 	ControlURL    string // LEVIATHAN_CONTROL_PLANE_URL (summary)
 	LogLevel      string // LEVIATHAN_LOG_LEVEL (debug, info, warn, error)
 	StreamReplica string // LEVIATHAN_STREAM_REPLICAS
+	AllowedHosts  string // LEVIATHAN_ALLOWED_HOSTS (comma-separated: host, host:port, http://host:port)
+	PrivateHosts  string // LEVIATHAN_PRIVATE_HOSTS (comma-separated host names)
 	Forge         forgeEnv
 }
 
@@ -113,6 +115,8 @@ func envConfig(getenv func(string) string) environment {
 		ControlURL:    getenv("LEVIATHAN_CONTROL_PLANE_URL"),
 		LogLevel:      getenv("LEVIATHAN_LOG_LEVEL"),
 		StreamReplica: getenv("LEVIATHAN_STREAM_REPLICAS"),
+		AllowedHosts:  getenv("LEVIATHAN_ALLOWED_HOSTS"),
+		PrivateHosts:  getenv("LEVIATHAN_PRIVATE_HOSTS"),
 		Forge:         forgeEnvFrom(getenv),
 	}
 	if e.NATSURL == "" {
@@ -122,6 +126,17 @@ func envConfig(getenv func(string) string) environment {
 		e.GitUsername = "x-access-token"
 	}
 	return e
+}
+
+// list splits a comma-separated variable.
+func list(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // natsOptions are the connection options every NATS client of the CLI

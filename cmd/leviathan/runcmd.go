@@ -20,6 +20,7 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 	cfg := stack.ServiceConfig{
 		Name: args[0], NATSOptions: env.natsOptions(), GitUsername: env.GitUsername, GitToken: env.GitToken,
 		ForgeToken: env.ForgeToken, ForgeAPIURL: env.ForgeAPIURL, ControlToken: env.ControlToken,
+		AllowedHosts: list(env.AllowedHosts), PrivateHosts: list(env.PrivateHosts),
 	}
 	fs := flag.NewFlagSet("run "+cfg.Name, flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -22,8 +23,13 @@ type GitHubConfig struct {
 	// BaseURL is the REST API root: empty for api.github.com, else a
 	// GitHub Enterprise or localforge URL such as http://host/api/v3/.
 	BaseURL string
-	// HTTPClient's Transport carries the requests; optional.
+	// HTTPClient's Transport and CheckRedirect carry the requests;
+	// optional.
 	HTTPClient *http.Client
+	// Credentials says where the token may be sent
+	// (egress.Policy.Credentials); nil allows the API root's own host
+	// over https or loopback. A call to anywhere else fails.
+	Credentials func(u *url.URL) bool
 	// MinInterval is the least time between the end of one mutating call
 	// (POST, PATCH, ...) with this token and the start of the next
 	// (default 1 s). Mutating calls are also never concurrent.
@@ -95,12 +101,28 @@ func NewGitHub(cfg GitHubConfig) (*GitHub, error) {
 		return nil, err
 	}
 	base := http.DefaultTransport
+	checkRedirect := sameHostRedirect
 	if cfg.HTTPClient != nil && cfg.HTTPClient.Transport != nil {
 		base = cfg.HTTPClient.Transport
 	}
-	lim := newLimiter(&authTransport{ts: cfg.Tokens, base: base}, cfg.Now, cfg.MinInterval, cfg.MaxPaceWait, cfg.RateLimitBackoff)
+	if cfg.HTTPClient != nil && cfg.HTTPClient.CheckRedirect != nil {
+		checkRedirect = cfg.HTTPClient.CheckRedirect
+	}
+	allow := cfg.Credentials
+	if allow == nil {
+		root := cfg.BaseURL
+		if root == "" {
+			root = "https://api.github.com/"
+		}
+		own, err := url.Parse(root)
+		if err != nil {
+			return nil, errors.New("forge: github: base url does not parse")
+		}
+		allow = func(u *url.URL) bool { return strings.EqualFold(u.Host, own.Host) && secureOrLoopback(u) }
+	}
+	lim := newLimiter(&authTransport{ts: cfg.Tokens, base: base, allow: allow}, cfg.Now, cfg.MinInterval, cfg.MaxPaceWait, cfg.RateLimitBackoff)
 	lim.turns = cfg.Turns
-	c := github.NewClient(&http.Client{Transport: lim})
+	c := github.NewClient(&http.Client{Transport: lim, CheckRedirect: checkRedirect})
 	if cfg.BaseURL != "" {
 		// WithEnterpriseURLs appends api/v3/ unless it is there; a
 		// localforge base already ends in it.

@@ -141,19 +141,48 @@ func (a *AppTokens) String() string {
 //
 // A refused credential (ErrAuth) is answered as a 401, so git reports an
 // authentication failure rather than a network error.
-func GitHTTPClient(ts TokenSource, base http.RoundTripper) *http.Client {
+//
+// allow says where the token may go (egress.Policy.Credentials): a request
+// to anywhere else, a redirect included, goes without it. nil allows only
+// https and loopback. A redirect to another host is refused.
+func GitHTTPClient(ts TokenSource, base http.RoundTripper, allow func(*url.URL) bool) *http.Client {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	return &http.Client{Transport: &gitAuthTransport{ts: ts, base: base}}
+	if allow == nil {
+		allow = secureOrLoopback
+	}
+	return &http.Client{Transport: &gitAuthTransport{ts: ts, base: base, allow: allow}, CheckRedirect: sameHostRedirect}
+}
+
+// secureOrLoopback is the default of where a token may go.
+func secureOrLoopback(u *url.URL) bool {
+	if strings.EqualFold(u.Scheme, "https") {
+		return true
+	}
+	h := u.Hostname()
+	return strings.EqualFold(u.Scheme, "http") && (h == "localhost" || h == "127.0.0.1" || h == "::1")
+}
+
+// sameHostRedirect follows a redirect only on the same host and scheme.
+func sameHostRedirect(req *http.Request, via []*http.Request) error {
+	prev := via[len(via)-1].URL
+	if len(via) >= 5 || !strings.EqualFold(prev.Host, req.URL.Host) || !strings.EqualFold(prev.Scheme, req.URL.Scheme) {
+		return fmt.Errorf("forge: refused a redirect from %s to %s", prev.Host, req.URL.Host)
+	}
+	return nil
 }
 
 type gitAuthTransport struct {
-	ts   TokenSource
-	base http.RoundTripper
+	ts    TokenSource
+	base  http.RoundTripper
+	allow func(*url.URL) bool
 }
 
 func (t *gitAuthTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !t.allow(req.URL) {
+		return t.base.RoundTrip(req) // anonymous: the token is not for this host
+	}
 	tok, err := t.ts.Token(req.Context())
 	if err != nil {
 		if req.Body != nil {
@@ -172,13 +201,21 @@ func (t *gitAuthTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	return t.base.RoundTrip(r)
 }
 
-// authTransport sends the token of ts as a bearer token on API calls.
+// authTransport sends the token of ts as a bearer token on API calls to
+// where allow says it may go.
 type authTransport struct {
-	ts   TokenSource
-	base http.RoundTripper
+	ts    TokenSource
+	base  http.RoundTripper
+	allow func(*url.URL) bool
 }
 
 func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !t.allow(req.URL) {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, fmt.Errorf("%w: the forge token may not be sent to %s://%s", ErrAuth, req.URL.Scheme, req.URL.Host)
+	}
 	tok, err := t.ts.Token(req.Context())
 	if err != nil {
 		if req.Body != nil {

@@ -42,6 +42,11 @@ type Remote struct {
 	// HTTPClient is used when set (its Transport, Timeout, Jar and
 	// CheckRedirect); http.DefaultTransport otherwise.
 	HTTPClient *http.Client
+	// CredentialsFor reports whether Username and Password may be sent
+	// with a request to u (egress.Policy.Credentials). When nil they go
+	// only to the URL's own host and port, over https or to loopback. A
+	// request to anywhere else (a redirect) goes without them.
+	CredentialsFor func(u *url.URL) bool
 }
 
 // String describes the remote without its password.
@@ -123,8 +128,42 @@ func (r Remote) gitTransport(n *atomic.Int64) transport.Transport {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	hc.Transport = &countingTransport{base: base, n: n}
+	allow := r.CredentialsFor
+	if allow == nil {
+		own, _ := url.Parse(r.URL)
+		allow = func(u *url.URL) bool { return sameOrigin(own, u) }
+	}
+	hc.Transport = &credentialGuard{base: &countingTransport{base: base, n: n}, allow: allow}
 	return githttp.NewClient(hc)
+}
+
+// sameOrigin reports whether u is own's scheme, host and port, and is
+// https or loopback.
+func sameOrigin(own, u *url.URL) bool {
+	if own == nil || u == nil || !strings.EqualFold(own.Scheme, u.Scheme) || !strings.EqualFold(own.Host, u.Host) {
+		return false
+	}
+	if strings.EqualFold(u.Scheme, "https") {
+		return true
+	}
+	h := u.Hostname()
+	return h == "localhost" || h == "127.0.0.1" || h == "::1"
+}
+
+// credentialGuard removes the Authorization header from a request to
+// where credentials may not go: go-git sets it on every request of a
+// session, including one a redirect sends elsewhere.
+type credentialGuard struct {
+	base  http.RoundTripper
+	allow func(*url.URL) bool
+}
+
+func (g *credentialGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Header.Get("Authorization") != "" && !g.allow(req.URL) {
+		req = req.Clone(req.Context())
+		req.Header.Del("Authorization")
+	}
+	return g.base.RoundTrip(req)
 }
 
 // countingTransport counts the bytes of every response body read through

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/forge"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
 	"github.com/leviathan-dev/leviathan/internal/stage"
@@ -48,6 +49,7 @@ type deps struct {
 	res      *stage.Resources
 	logger   *slog.Logger
 	git      gitx.Remote // credentials only; URL comes from each request
+	egress   *egress.Policy
 	forge    forge.Driver
 	instance string
 	// tune adjusts every stage's runner configuration (tests shorten
@@ -127,7 +129,7 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 	var extra func(micro.Service) error
 	switch name {
 	case "clone":
-		svc := clone.New(d.res, pub, clone.Config{Git: d.git, Logger: logger})
+		svc := clone.New(d.res, pub, clone.Config{Git: d.git, URLs: d.egress, Logger: logger})
 		cfg, h = clone.StageConfig(), svc
 		extra = func(m micro.Service) error {
 			return m.AddEndpoint("submit", micro.HandlerFunc(func(r micro.Request) {

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"sync"
@@ -40,6 +42,9 @@ func startTestStackWith(t *testing.T, cfg StackConfig, tune func(*stage.Config))
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.Dial == nil {
+		cfg.Dial = loopbackOnly(t)
+	}
 	cfg.Tune = func(c *stage.Config) {
 		c.AckWait = time.Second
 		c.MaxDeliver = 3
@@ -54,6 +59,32 @@ func startTestStackWith(t *testing.T, cfg StackConfig, tune func(*stage.Config))
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// loopbackOnly is the services' dialer in tests: it reaches loopback only
+// and fails the test if anything tried to reach another address, so a
+// wrong egress policy cannot touch another host.
+func loopbackOnly(t *testing.T) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var mu sync.Mutex
+	var refused []string
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(refused) > 0 {
+			t.Errorf("the services dialed non-loopback addresses: %v", refused)
+		}
+	})
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, _ := net.SplitHostPort(addr)
+		if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
+			mu.Lock()
+			refused = append(refused, addr)
+			mu.Unlock()
+			return nil, fmt.Errorf("test dialer: %s is not loopback", addr)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
 }
 
 // bareRequest is what a user publishes with `nats pub`: no envelope.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/forge"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
 	"github.com/leviathan-dev/leviathan/services/localforge"
@@ -46,7 +47,7 @@ func (c ForgeConfig) validate() error {
 }
 
 // appTokens builds the installation token source for the API root apiURL.
-func (c ForgeConfig) appTokens(apiURL string) (*forge.AppTokens, error) {
+func (c ForgeConfig) appTokens(apiURL string, pol *egress.Policy) (*forge.AppTokens, error) {
 	key := c.AppPrivateKey
 	if len(key) == 0 {
 		var err error
@@ -54,7 +55,7 @@ func (c ForgeConfig) appTokens(apiURL string) (*forge.AppTokens, error) {
 			return nil, fmt.Errorf("github app private key: %w", err)
 		}
 	}
-	return forge.NewAppTokens(forge.AppConfig{AppID: c.AppID, InstallationID: c.InstallationID, PrivateKey: key, BaseURL: apiURL})
+	return forge.NewAppTokens(forge.AppConfig{AppID: c.AppID, InstallationID: c.InstallationID, PrivateKey: key, BaseURL: apiURL, HTTPClient: pol.Client()})
 }
 
 // clients builds the forge driver (when withDriver) and the git
@@ -62,20 +63,24 @@ func (c ForgeConfig) appTokens(apiURL string) (*forge.AppTokens, error) {
 // and git always use the same, current token. An explicit git token
 // (basic auth) takes precedence for git. turns (may be nil) shares the
 // token's mutating calls with the other replicas; forgeIdentity names them.
-func (c ForgeConfig) clients(token, apiURL string, git gitx.Remote, withDriver bool, turns func(identity string) forge.Turns) (forge.Driver, gitx.Remote, error) {
+// Every connection goes through pol, and credentials only where it says.
+func (c ForgeConfig) clients(token, apiURL string, git gitx.Remote, withDriver bool, turns func(identity string) forge.Turns, pol *egress.Policy) (forge.Driver, gitx.Remote, error) {
 	if err := c.validate(); err != nil {
 		return nil, git, err
 	}
+	git.HTTPClient, git.CredentialsFor = pol.Client(), pol.Credentials
 	var ts forge.TokenSource
 	switch {
 	case c.IsApp():
-		app, err := c.appTokens(apiURL)
+		app, err := c.appTokens(apiURL, pol)
 		if err != nil {
 			return nil, git, err
 		}
 		ts = app
 		if git.Password == "" {
-			git = gitx.Remote{HTTPClient: forge.GitHTTPClient(app, nil)}
+			hc := forge.GitHTTPClient(app, pol.Transport(), pol.Credentials)
+			hc.CheckRedirect = egress.CheckRedirect
+			git = gitx.Remote{HTTPClient: hc, CredentialsFor: pol.Credentials}
 		}
 	case token != "":
 		ts = forge.StaticToken(token)
@@ -87,7 +92,7 @@ func (c ForgeConfig) clients(token, apiURL string, git gitx.Remote, withDriver b
 		return nil, git, errors.New("pr: no forge credentials (set LEVIATHAN_FORGE_TOKEN or a GitHub App)")
 	}
 	gc := forge.GitHubConfig{
-		Tokens: ts, BaseURL: apiURL, MinInterval: c.MinInterval,
+		Tokens: ts, BaseURL: apiURL, HTTPClient: pol.Client(), Credentials: pol.Credentials, MinInterval: c.MinInterval,
 		RateLimitBackoff: c.RateLimitBackoff, RequestTimeout: c.RequestTimeout,
 	}
 	if turns != nil {

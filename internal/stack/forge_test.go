@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
 	"github.com/leviathan-dev/leviathan/internal/policy"
 	"github.com/leviathan-dev/leviathan/internal/stage"
@@ -32,7 +33,11 @@ import (
 var testForge = ForgeConfig{MinInterval: 100 * time.Millisecond, RateLimitBackoff: 1500 * time.Millisecond, RequestTimeout: time.Second}
 
 func TestForgeDefaults(t *testing.T) {
-	d, _, err := ForgeConfig{}.clients("tok", "", gitx.Remote{}, true, nil)
+	pol, err := egress.New(egress.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _, err := ForgeConfig{}.clients("tok", "", gitx.Remote{}, true, nil, pol)
 	if err != nil || d == nil {
 		t.Fatalf("default forge: %v", err)
 	}
@@ -41,10 +46,10 @@ func TestForgeDefaults(t *testing.T) {
 	if c := (ForgeConfig{}); c.MinInterval != 0 || c.RateLimitBackoff != 0 {
 		t.Fatal("zero ForgeConfig is not the production default")
 	}
-	if _, _, err := (ForgeConfig{AppID: 1}).clients("", "", gitx.Remote{}, true, nil); err == nil {
+	if _, _, err := (ForgeConfig{AppID: 1}).clients("", "", gitx.Remote{}, true, nil, pol); err == nil {
 		t.Fatal("an app without installation id and key accepted")
 	}
-	if _, _, err := (ForgeConfig{}).clients("", "", gitx.Remote{}, true, nil); err == nil {
+	if _, _, err := (ForgeConfig{}).clients("", "", gitx.Remote{}, true, nil, pol); err == nil {
 		t.Fatal("a pr service without credentials accepted")
 	}
 }

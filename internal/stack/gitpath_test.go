@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -220,8 +221,31 @@ func TestNoCredentialAnywhere(t *testing.T) {
 					t.Fatalf("failure %+v, want auth_failed", f)
 				}
 			}
-			// A rejected request carrying credentials in its URL.
-			runAttempt(t, s, "a-urlcred", request(strings.Replace(s.DemoRepoURL(), "http://", "http://x:"+forgeToken+"@", 1), "T-u", nil))
+			// Rejected requests that carry a credential, whatever else is
+			// wrong with them: each is erased from the stream once answered.
+			withCreds := strings.Replace(s.DemoRepoURL(), "http://", "http://x:"+forgeToken+"@", 1)
+			for i, body := range []string{
+				string(request(withCreds, "T-u", nil)),
+				// an unknown field before it
+				`{"aaa_unknown":1,"target":{"name":"demo","repo_url":"` + withCreds + `"},"task":{"id":"T-u","title":"t","allowed_paths":["x"]}}`,
+				// no target.name
+				`{"target":{"repo_url":"` + withCreds + `"},"task":{"id":"T-u","title":"t","allowed_paths":["x"]}}`,
+				// truncated JSON
+				`{"target":{"name":"demo","repo_url":"` + withCreds,
+				// a token in the query string, escaped as JSON may
+				`{"target":{"name":"demo","repo_url":"` + strings.ReplaceAll(s.DemoRepoURL(), "/", `\/`) + `?access_token=` + forgeToken + `"},"task":{"id":"T-u","title":"t","allowed_paths":["x"]}}`,
+				// in another field of a valid request
+				strings.Replace(string(request(s.DemoRepoURL(), "T-u", map[string]any{})), `"title":`, `"description":"clone https://x:`+forgeToken+`@example.com/r.git","title":`, 1),
+			} {
+				id := "a-urlcred-" + strconv.Itoa(i)
+				evs := runAttempt(t, s, id, []byte(body))
+				if last := evs[len(evs)-1]; last.EventType != events.AttemptRejected {
+					t.Errorf("%s: %v, want rejected", id, types(evs))
+				}
+				if n := countSubject(t, s, events.Subject(id, events.AttemptRequested)); n != 0 {
+					t.Errorf("%s: the request is still in the stream (%d messages)", id, n)
+				}
+			}
 			waitApplied(t, s)
 			summary(t, s)
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
 	"github.com/leviathan-dev/leviathan/services/localforge"
 )
@@ -29,8 +30,13 @@ type ServiceConfig struct {
 	NATSOptions []nats.Option
 	// Git credentials for target repositories (basic auth only).
 	GitUsername, GitToken string
-	// Forge credentials and API root for the pr service.
+	// Forge credentials and API root for the pr service. The API root
+	// also says which hosts clone, push and pr may send credentials to.
 	ForgeToken, ForgeAPIURL string
+	// AllowedHosts are repository hosts besides the forge's
+	// (LEVIATHAN_ALLOWED_HOSTS); PrivateHosts may resolve to private
+	// addresses (LEVIATHAN_PRIVATE_HOSTS). See egress.Config.
+	AllowedHosts, PrivateHosts []string
 	// Forge adds GitHub App authentication (also used for git by clone
 	// and push) and the forge pacing.
 	Forge ForgeConfig
@@ -80,7 +86,11 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 		return err
 	}
 	defer nc.Close()
-	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(),
+	pol, err := egress.New(egress.Config{ForgeAPIURL: cfg.ForgeAPIURL, Allowed: cfg.AllowedHosts, Private: cfg.PrivateHosts})
+	if err != nil {
+		return err
+	}
+	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(), egress: pol,
 		git: gitx.Remote{Username: cfg.GitUsername, Password: cfg.GitToken}}
 	if d.reg, d.metrics, err = newRegistry(); err != nil {
 		return err
@@ -89,7 +99,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	if cfg.Name == "projector" {
 		comp, _ = projectorComponent(d, ln, cfg.ControlToken)
 	} else {
-		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr", d.forgeTurns); err != nil {
+		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr", d.forgeTurns, pol); err != nil {
 			return err
 		}
 		if comp, err = stageComponent(ctx, cfg.Name, d); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/forge"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
 	"github.com/leviathan-dev/leviathan/internal/stage"
@@ -63,6 +64,12 @@ type StackConfig struct {
 	// Forge selects GitHub App authentication (localforge is told the
 	// app's public key) and the forge pacing.
 	Forge ForgeConfig
+	// AllowedHosts and PrivateHosts add to where repository URLs and
+	// connections may go besides localforge (egress.Config).
+	AllowedHosts, PrivateHosts []string
+	// Dial, when set, makes every outbound connection of the services
+	// (egress.Config.Dial): tests confine it to loopback.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Stack is NATS with JetStream, localforge with the demo repository, the
@@ -117,7 +124,12 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 		git.Password = cfg.GitToken
 	}
 	turns := func(identity string) forge.Turns { return res.Turns(identity, "dev") }
-	driver, git, err := cfg.Forge.clients(cfg.ForgeToken, s.ForgeURL+"/api/v3/", git, true, turns)
+	pol, err := egress.New(egress.Config{ForgeAPIURL: s.ForgeURL + "/api/v3/", Allowed: cfg.AllowedHosts, Private: cfg.PrivateHosts, Dial: cfg.Dial})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	driver, git, err := cfg.Forge.clients(cfg.ForgeToken, s.ForgeURL+"/api/v3/", git, true, turns, pol)
 	if err == nil {
 		err = cfg.Forge.registerApp(s.forge)
 	}
@@ -126,7 +138,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.deps = &deps{
-		nc: nc, res: res, logger: cfg.Logger, instance: "dev", tune: cfg.Tune, forge: driver, git: git,
+		nc: nc, res: res, logger: cfg.Logger, instance: "dev", tune: cfg.Tune, forge: driver, git: git, egress: pol,
 	}
 	if s.deps.reg, s.deps.metrics, err = newRegistry(); err != nil {
 		nc.Close()

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
 	"github.com/leviathan-dev/leviathan/internal/stage"
 )
@@ -22,6 +23,9 @@ type Config struct {
 	// Git holds the credentials for every target repository. They are
 	// sent only as HTTP basic auth.
 	Git gitx.Remote
+	// URLs says which repository URLs a request may name (the forge's
+	// own host and the operator's allowed hosts); required.
+	URLs *egress.Policy
 	// Strategy forces a fetch strategy; empty picks the best the server
 	// supports.
 	Strategy gitx.Strategy
@@ -53,17 +57,13 @@ func BaseSnapshot(attemptID string) string { return attemptID + "/base.pack" }
 
 // Handle validates, claims and fetches one requested attempt.
 func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
-	req, err := events.ParseRequest(in.Data, in.Ref.AttemptID)
-	if err != nil {
-		var ve *events.ValidationError
-		if !errors.As(err, &ve) {
-			return stage.Fail(events.InvalidRequest, err)
-		}
-		s.cfg.Logger.Info("request rejected", "attempt", in.Ref.AttemptID, "field", ve.Field, "reason", ve.Reason)
-		if err := in.Publish(ctx, events.AttemptRejected, events.Rejected{Ref: in.Ref, Reason: ve.Reason, Field: ve.Field}); err != nil {
+	req, rej := s.check(in.Data, in.Ref.AttemptID)
+	if rej != nil {
+		s.cfg.Logger.Info("request rejected", "attempt", in.Ref.AttemptID, "field", rej.Field, "reason", rej.Reason)
+		if err := in.Publish(ctx, events.AttemptRejected, events.Rejected{Ref: in.Ref, Reason: rej.Reason, Field: rej.Field}); err != nil {
 			return stage.Retry(err)
 		}
-		if ve.Secret {
+		if rej.Secret {
 			// The request was stored as published, credential and all:
 			// erase it (overwriting it on disk) now that it is answered.
 			if err := s.res.Stream.SecureDeleteMsg(ctx, in.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -109,16 +109,40 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	})
 }
 
+// check validates a request body: first that it carries no credential
+// anywhere (such a request is rejected whatever else is wrong with it, and
+// marked Secret to be erased), then its fields, then that its repository
+// URL is one the policy allows. Nothing of a credential is in the reason.
+func (s *Service) check(data []byte, subjectID string) (*events.Request, *events.ValidationError) {
+	if field, what := events.FindCredential(data); what != "" {
+		return nil, &events.ValidationError{Field: field, Secret: true,
+			Reason: "must not contain credentials (found " + what + "); the service's own credentials are used"}
+	}
+	req, err := events.ParseRequest(data, subjectID)
+	if err != nil {
+		var ve *events.ValidationError
+		if !errors.As(err, &ve) {
+			ve = &events.ValidationError{Field: "body", Reason: err.Error()}
+		}
+		return nil, ve
+	}
+	if s.cfg.URLs == nil {
+		return nil, &events.ValidationError{Field: "target.repo_url", Reason: "no repository host is allowed (the service has no URL policy)"}
+	}
+	if err := s.cfg.URLs.CheckRepoURL(req.Target.RepoURL); err != nil {
+		var r *egress.Refused
+		secret := errors.As(err, &r) && r.Credential
+		return nil, &events.ValidationError{Field: "target.repo_url", Reason: err.Error(), Secret: secret}
+	}
+	return req, nil
+}
+
 // Submit validates a request at once and, when it is valid, publishes it
 // as attempt.requested. It backs `nats req leviathan.api.submit`.
 func (s *Service) Submit(ctx context.Context, body []byte, actor string) events.SubmitResponse {
-	req, err := events.ParseRequest(body, "")
-	if err != nil {
-		var ve *events.ValidationError
-		if errors.As(err, &ve) {
-			return events.SubmitResponse{Error: ve.Reason, Field: ve.Field}
-		}
-		return events.SubmitResponse{Error: err.Error()}
+	req, rej := s.check(body, "")
+	if rej != nil {
+		return events.SubmitResponse{Error: rej.Reason, Field: rej.Field}
 	}
 	if _, err := s.res.Attempts.Get(ctx, req.AttemptID); err == nil {
 		return events.SubmitResponse{AttemptID: req.AttemptID, Error: "attempt id already used", Field: "attempt_id"}

@@ -201,7 +201,7 @@ func TestAppTokenRefreshAndGit(t *testing.T) {
 	first, _ := ts.Token(ctx)
 
 	// Git with the installation token, as clone and push use it.
-	remote := gitx.Remote{URL: h.RepoURL, HTTPClient: forge.GitHTTPClient(ts, nil)}
+	remote := gitx.Remote{URL: h.RepoURL, HTTPClient: forge.GitHTTPClient(ts, nil, nil)}
 	snap, err := gitx.Fetch(ctx, remote, "main", "README.md", gitx.FetchOptions{})
 	if err != nil || snap.Commit.IsZero() {
 		t.Fatalf("fetch with the installation token: %v", err)
@@ -248,7 +248,7 @@ func TestAppWithWrongKeyIsAuthFailure(t *testing.T) {
 	}
 	// Git reports it as an authentication failure, which the attempt
 	// classifies as auth_failed rather than retrying.
-	_, err = gitx.Fetch(context.Background(), gitx.Remote{URL: h.RepoURL, HTTPClient: forge.GitHTTPClient(ts, nil)}, "main", "README.md", gitx.FetchOptions{})
+	_, err = gitx.Fetch(context.Background(), gitx.Remote{URL: h.RepoURL, HTTPClient: forge.GitHTTPClient(ts, nil, nil)}, "main", "README.md", gitx.FetchOptions{})
 	if ft, retry := gitx.Classify(err); !errors.Is(err, gitx.ErrAuth) || ft != events.AuthFailed || retry {
 		t.Fatalf("git with a wrong app key: %v (%s, retry %v)", err, ft, retry)
 	}

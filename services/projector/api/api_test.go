@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/events/eventgen"
 	"github.com/leviathan-dev/leviathan/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/projector"
@@ -264,7 +265,8 @@ func TestIngestThePythonWorkersBundles(t *testing.T) {
 		t.Fatalf("bundle with artifacts: %d %v", status, body)
 	}
 
-	// Bad events reject the whole bundle, naming the event and field.
+	// Bad events are skipped, each reported with the event and field; the
+	// good ones of the bundle are ingested.
 	before, _ := res.Stream.Info(t.Context())
 	for bad, field := range map[string]string{
 		pythonBundle("a-8", "e-1", "attempt.created", "yesterday", `{"attempt_id":"a-8"}`):           "events[0].timestamp",
@@ -275,12 +277,14 @@ func TestIngestThePythonWorkersBundles(t *testing.T) {
 		pythonBundle("a-8", "e-1", "attempt.created", "2026-01-28T12:00:00", `[1]`):                  "events[0].payload",
 	} {
 		status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bad)
-		if status != 422 || !strings.HasPrefix(body["detail"].(string), field) {
-			t.Errorf("bad bundle: %d %v, want 422 naming %s", status, body, field)
+		skipped, _ := body["skipped"].([]any)
+		if status != 200 || body["ingested"] != 0.0 || len(skipped) != 1 ||
+			!strings.HasPrefix(skipped[0].(map[string]any)["reason"].(string), field) {
+			t.Errorf("bad bundle: %d %v, want 200 with the event skipped, naming %s", status, body, field)
 		}
 	}
 	if after, _ := res.Stream.Info(t.Context()); after.State.Msgs != before.State.Msgs {
-		t.Fatal("a rejected bundle published something")
+		t.Fatal("a skipped event was published")
 	}
 
 	// Invalidate it: the event goes through the stream, the node changes.
@@ -325,4 +329,30 @@ func countMessages(t *testing.T, res *stage.Resources, subject string) uint64 {
 		t.Fatal(err)
 	}
 	return info.State.Subjects[subject]
+}
+
+// TestIngestRefusesStageInputs: ingest records what happened; it never
+// publishes an event a stage acts on (which would start an attempt or push
+// and open a PR from an injected branch). The others of the bundle go in.
+func TestIngestRefusesStageInputs(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	for _, typ := range []events.Type{events.AttemptRequested, events.RepoFetched, events.BacklogEdited, events.BranchPushed} {
+		bundle := fmt.Sprintf(`{"target": "radix", "bundle_id": "b-%[1]s", "events": [
+			{"event_id": "e-%[1]s", "event_type": %[1]q, "timestamp": "2026-01-28T12:00:00Z", "payload": {"attempt_id": "a-inj", "branch_name": "evil"}},
+			{"event_id": "ok-%[1]s", "event_type": "attempt.started", "timestamp": "2026-01-28T12:00:01Z", "payload": {"attempt_id": "a-inj"}}]}`, typ)
+		status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bundle)
+		skipped, _ := body["skipped"].([]any)
+		if status != 200 || body["ingested"] != 1.0 || len(skipped) != 1 {
+			t.Fatalf("%s: %d %v, want the stage input skipped and the other ingested", typ, status, body)
+		}
+		item := skipped[0].(map[string]any)
+		if item["index"] != 0.0 || item["event_id"] != "e-"+string(typ) || !strings.Contains(item["reason"].(string), "event_type") {
+			t.Fatalf("%s: skipped %v", typ, item)
+		}
+		if n := countMessages(t, res, events.Subject("a-inj", typ)); n != 0 {
+			t.Fatalf("%s: %d published", typ, n)
+		}
+	}
 }

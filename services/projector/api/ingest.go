@@ -43,12 +43,23 @@ type IngestEvent struct {
 // The graph's artifacts (commits, pull requests) come from the events, so
 // a bundle's artifacts are not stored: ArtifactsIgnored says how many
 // there were (the Python worker sends none).
+//
+// Events are checked one by one, as upstream does: a bad one is skipped
+// and listed in Skipped with the reason, and the others are ingested.
 type IngestResponse struct {
-	Ingested         int    `json:"ingested"`
-	BundleID         string `json:"bundle_id"`
-	Status           string `json:"status"`
-	Duplicates       int    `json:"duplicates"`
-	ArtifactsIgnored int    `json:"artifacts_ignored,omitempty"`
+	Ingested         int           `json:"ingested"`
+	BundleID         string        `json:"bundle_id"`
+	Status           string        `json:"status"`
+	Duplicates       int           `json:"duplicates"`
+	ArtifactsIgnored int           `json:"artifacts_ignored,omitempty"`
+	Skipped          []SkippedItem `json:"skipped,omitempty"`
+}
+
+// SkippedItem is an event of a bundle that was not ingested, and why.
+type SkippedItem struct {
+	Index   int    `json:"index"`
+	EventID string `json:"event_id,omitempty"`
+	Reason  string `json:"reason"`
 }
 
 var (
@@ -61,8 +72,10 @@ var (
 // ingest publishes a bundle's events into the stream, each on its
 // attempt's subject with Nats-Msg-Id = event_id, so existing HTTP
 // producers feed the same stream the services do and a retried bundle
-// adds nothing. The whole bundle is checked first: one bad event rejects
-// the bundle (422 naming it) and nothing is published.
+// adds nothing. A bundle without target, bundle_id or events is refused
+// (422); otherwise each event is checked on its own, and a bad one, or
+// one of a type a stage consumes (ingest only records what happened; it
+// never starts or steers work), is skipped and reported.
 func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 	var b IngestBundle
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxIngestBytes))
@@ -74,18 +87,14 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusUnprocessableEntity, "body is not an event bundle: "+jsonReason(err))
 		return
 	}
-	envs, err := b.envelopes()
+	envs, skipped, err := b.envelopes()
 	if err != nil {
 		writeDetail(w, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(envs))
 	for _, env := range envs {
-		data, err := env.Marshal()
-		if err != nil {
-			writeDetail(w, http.StatusUnprocessableEntity, fmt.Sprintf("event %s: %v", env.EventID, err))
-			return
-		}
+		data, _ := env.Marshal() // the payload was checked to be an object
 		msg := &nats.Msg{Subject: env.Subject(), Data: data, Header: nats.Header{}}
 		f, err := a.res.JS.PublishMsgAsync(msg, jetstream.WithMsgID(env.EventID))
 		if err != nil {
@@ -94,7 +103,10 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 		}
 		futures = append(futures, f)
 	}
-	resp := IngestResponse{Ingested: len(envs), BundleID: b.BundleID, Status: "ok", ArtifactsIgnored: len(b.Artifacts)}
+	resp := IngestResponse{Ingested: len(envs), BundleID: b.BundleID, Status: "ok", ArtifactsIgnored: len(b.Artifacts), Skipped: skipped}
+	if len(skipped) > 0 {
+		a.logger.Info("ingest: events skipped", "bundle", b.BundleID, "skipped", len(skipped), "first", skipped[0].Reason)
+	}
 	if len(b.Artifacts) > 0 {
 		a.logger.Info("ingest: artifacts not stored (the graph's come from the events)", "bundle", b.BundleID, "artifacts", len(b.Artifacts))
 	}
@@ -124,27 +136,40 @@ func (a *API) unavailable(w http.ResponseWriter, err error) {
 	writeDetail(w, http.StatusServiceUnavailable, "the event stream is not available")
 }
 
-// envelopes checks the bundle and turns its events into envelopes.
-func (b *IngestBundle) envelopes() ([]events.Envelope, error) {
+// envelopes checks the bundle and turns its good events into envelopes;
+// the others are skipped, each with its reason.
+func (b *IngestBundle) envelopes() ([]events.Envelope, []SkippedItem, error) {
 	switch {
 	case b.Target == "":
-		return nil, fmt.Errorf("target is required")
+		return nil, nil, fmt.Errorf("target is required")
 	case b.BundleID == "":
-		return nil, fmt.Errorf("bundle_id is required")
+		return nil, nil, fmt.Errorf("bundle_id is required")
 	case b.Events == nil:
-		return nil, fmt.Errorf("events is required")
+		return nil, nil, fmt.Errorf("events is required")
 	case len(b.Events) > maxIngestEvents:
-		return nil, fmt.Errorf("events: at most %d in one bundle", maxIngestEvents)
+		return nil, nil, fmt.Errorf("events: at most %d in one bundle", maxIngestEvents)
 	}
 	out := make([]events.Envelope, 0, len(b.Events))
+	var skipped []SkippedItem
 	for i, raw := range b.Events {
 		env, err := b.envelope(raw)
+		if err == nil && events.ConsumedByStage(env.EventType) {
+			err = fmt.Errorf("event_type: %s is published by the services only (a stage acts on it); ingest records, it does not start work", env.EventType)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("events[%d].%v", i, err)
+			var id struct {
+				EventID string `json:"event_id"`
+			}
+			_ = json.Unmarshal(raw, &id)
+			if !eventIDPattern.MatchString(id.EventID) {
+				id.EventID = ""
+			}
+			skipped = append(skipped, SkippedItem{Index: i, EventID: id.EventID, Reason: fmt.Sprintf("events[%d].%v", i, err)})
+			continue
 		}
 		out = append(out, env)
 	}
-	return out, nil
+	return out, skipped, nil
 }
 
 func (b *IngestBundle) envelope(raw json.RawMessage) (events.Envelope, error) {

@@ -346,10 +346,7 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 }
 
 // Leviathan's stages and the event that starts each.
-var stageInputs = map[string]events.Type{
-	"clone": events.AttemptRequested, "backlog-edit": events.RepoFetched,
-	"push": events.BacklogEdited, "pr": events.BranchPushed,
-}
+var stageInputs = events.StageInputs
 
 // stageEnd tells onStage which stage the attempt's newest event (type t,
 // already its last step) ends, if any, and how long the stage took: from
