@@ -68,8 +68,13 @@ func TestNATSCredentialsFromEnvironment(t *testing.T) {
 		t.Fatalf("run without credentials: err = %v", err)
 	}
 
-	// With credentials it creates the stream, registers with nats micro
-	// (the last step of its start-up) and keeps running until cancelled.
+	// With credentials `leviathan setup` creates the stream, buckets and
+	// consumers; the service binds to them, registers with nats micro (the
+	// last step of its start-up) and keeps running until cancelled.
+	out.Reset()
+	if err := run(ctx, []string{"setup"}, withCreds, &out, &out); err != nil || !strings.Contains(out.String(), "set up: stream LEVIATHAN_EVENTS") {
+		t.Fatalf("setup: %v\n%s", err, out.String())
+	}
 	sctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	var svcOut bytes.Buffer

@@ -22,6 +22,7 @@ const usage = `leviathan proposes tasks to repositories as pull requests.
 Usage:
   leviathan dev      [flags]            run everything on this machine (embedded NATS, localforge, control plane)
   leviathan demo     [flags]            run everything, submit one attempt, print the PR and the graph summary
+  leviathan setup    [flags]            create or update the NATS stream, buckets and consumers (once per deploy)
   leviathan run      <service> [flags]  run one service: clone, backlog-edit, push, pr, projector, localforge
   leviathan submit   [flags]            submit an attempt (--wait to follow it to the end)
   leviathan watch    [attempt] [flags]  follow one attempt to its end, or every event live
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdDev(ctx, args[1:], env, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, args[1:], env, stdout, stderr)
+	case "setup":
+		return cmdSetup(ctx, args[1:], env, stdout, stderr)
 	case "run":
 		return cmdRun(ctx, args[1:], env, stdout, stderr)
 	case "submit":
@@ -89,6 +92,9 @@ type environment struct {
 	NATSURL       string // NATS_URL
 	NATSUser      string // NATS_USER (with NATS_PASSWORD: user/password auth)
 	NATSPassword  string // NATS_PASSWORD
+	NATSCAFile    string // NATS_CA_FILE: CA of the server's TLS certificate
+	NATSCertFile  string // NATS_CERT_FILE, NATS_KEY_FILE: client certificate
+	NATSKeyFile   string
 	GitUsername   string // LEVIATHAN_GIT_USERNAME (default x-access-token)
 	GitToken      string // LEVIATHAN_GIT_TOKEN
 	ForgeToken    string // LEVIATHAN_FORGE_TOKEN (GitHub token)
@@ -99,6 +105,7 @@ type environment struct {
 	StreamReplica string // LEVIATHAN_STREAM_REPLICAS
 	AllowedHosts  string // LEVIATHAN_ALLOWED_HOSTS (comma-separated: host, host:port, http://host:port)
 	PrivateHosts  string // LEVIATHAN_PRIVATE_HOSTS (comma-separated host names)
+	Setup         bool   // LEVIATHAN_SETUP=1: services set up the NATS resources themselves
 	Forge         forgeEnv
 }
 
@@ -107,6 +114,9 @@ func envConfig(getenv func(string) string) environment {
 		NATSURL:       getenv("NATS_URL"),
 		NATSUser:      getenv("NATS_USER"),
 		NATSPassword:  getenv("NATS_PASSWORD"),
+		NATSCAFile:    getenv("NATS_CA_FILE"),
+		NATSCertFile:  getenv("NATS_CERT_FILE"),
+		NATSKeyFile:   getenv("NATS_KEY_FILE"),
 		GitUsername:   getenv("LEVIATHAN_GIT_USERNAME"),
 		GitToken:      getenv("LEVIATHAN_GIT_TOKEN"),
 		ForgeToken:    getenv("LEVIATHAN_FORGE_TOKEN"),
@@ -117,6 +127,7 @@ func envConfig(getenv func(string) string) environment {
 		StreamReplica: getenv("LEVIATHAN_STREAM_REPLICAS"),
 		AllowedHosts:  getenv("LEVIATHAN_ALLOWED_HOSTS"),
 		PrivateHosts:  getenv("LEVIATHAN_PRIVATE_HOSTS"),
+		Setup:         getenv("LEVIATHAN_SETUP") == "1" || getenv("LEVIATHAN_SETUP") == "true",
 		Forge:         forgeEnvFrom(getenv),
 	}
 	if e.NATSURL == "" {
@@ -142,11 +153,21 @@ func list(v string) []string {
 // natsOptions are the connection options every NATS client of the CLI
 // uses. Credentials come from their own variables, not from NATS_URL, so a
 // Kubernetes Secret can supply them and they never appear in a URL or a log.
+//
+// TLS: NATS_CA_FILE verifies the server with that CA (and requires TLS);
+// NATS_CERT_FILE and NATS_KEY_FILE present a client certificate.
 func (e environment) natsOptions() []nats.Option {
-	if e.NATSUser == "" && e.NATSPassword == "" {
-		return nil
+	var opts []nats.Option
+	if e.NATSUser != "" || e.NATSPassword != "" {
+		opts = append(opts, nats.UserInfo(e.NATSUser, e.NATSPassword))
 	}
-	return []nats.Option{nats.UserInfo(e.NATSUser, e.NATSPassword)}
+	if e.NATSCAFile != "" {
+		opts = append(opts, nats.RootCAs(e.NATSCAFile))
+	}
+	if e.NATSCertFile != "" || e.NATSKeyFile != "" {
+		opts = append(opts, nats.ClientCert(e.NATSCertFile, e.NATSKeyFile))
+	}
+	return opts
 }
 
 // connect opens a client connection to NATS for a CLI command, with the

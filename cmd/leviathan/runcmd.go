@@ -7,8 +7,10 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/leviathan-dev/leviathan/internal/stack"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 // cmdRun runs one service against an existing NATS deployment: the mode of
@@ -31,6 +33,7 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 	fs.StringVar(&cfg.NATSURL, "nats-url", env.NATSURL, "NATS server URL (env NATS_URL)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", defaultAddr, "listen address of /healthz and /readyz (projector: the control plane API)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/leviathan/forge", "localforge only: data directory")
+	fs.BoolVar(&cfg.Setup, "setup", env.Setup, "create or update the NATS resources at start instead of waiting for `leviathan setup` (env LEVIATHAN_SETUP=1; needs a NATS user that may manage JetStream)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
@@ -39,14 +42,63 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 		return &exitError{code: 2, msg: err.Error()}
 	}
 	cfg.Forge = forgeCfg
-	cfg.Replicas = 1
-	if env.StreamReplica != "" {
-		n, err := strconv.Atoi(env.StreamReplica)
-		if err != nil || n < 1 {
-			return &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_STREAM_REPLICAS=%q: want a positive number", env.StreamReplica)}
-		}
-		cfg.Replicas = n
+	if cfg.Replicas, err = env.replicas(); err != nil {
+		return err
 	}
 	cfg.Logger = newLogger(stderr, env.LogLevel).With("service", cfg.Name)
 	return stack.RunService(ctx, cfg)
+}
+
+// replicas is LEVIATHAN_STREAM_REPLICAS, 1 when unset.
+func (e environment) replicas() (int, error) {
+	if e.StreamReplica == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(e.StreamReplica)
+	if err != nil || n < 1 {
+		return 0, &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_STREAM_REPLICAS=%q: want a positive number", e.StreamReplica)}
+	}
+	return n, nil
+}
+
+// cmdSetup is `leviathan setup`: the one-shot set-up step of a deployment
+// (a Job in the overlays). It creates or updates the stream, the buckets
+// and the stages' consumers, then exits; the services need no right to
+// manage JetStream.
+func cmdSetup(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("nats-url", env.NATSURL, "NATS server URL (env NATS_URL)")
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to keep trying while NATS is not reachable or has no JetStream leader")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	replicas, err := env.replicas()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	logger := newLogger(stderr, env.LogLevel)
+	nc, js, err := stack.Dial(*url, "setup", env.natsOptions()...)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	for delay := 250 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+		err = stack.Setup(ctx, js, replicas, logger)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		logger.Warn("setup: retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	fmt.Fprintf(stdout, "set up: stream %s (%d replicas), buckets and the consumers of %s\n", stage.StreamName, replicas, strings.Join(stack.StageNames, ", "))
+	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/forge"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
+	"github.com/leviathan-dev/leviathan/internal/natsperm"
 	"github.com/leviathan-dev/leviathan/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/backlogedit"
 	"github.com/leviathan-dev/leviathan/services/clone"
@@ -106,16 +108,32 @@ func Dial(url, name string, opts ...nats.Option) (*nats.Conn, jetstream.JetStrea
 }
 
 // Connect opens a service's NATS connection (reconnecting forever) and
-// ensures the shared resources. opts add to the defaults, e.g. credentials.
-func Connect(ctx context.Context, url, name string, replicas int, opts ...nats.Option) (*nats.Conn, *stage.Resources, error) {
-	nc, js, err := Dial(url, name, append([]nats.Option{nats.MaxReconnects(-1)}, opts...)...)
+// its resources. With manage, the process sets them up itself (Setup, as
+// `leviathan dev` does); otherwise it binds to what the set-up step made,
+// waiting until it has run. opts add to the defaults, e.g. credentials.
+func Connect(ctx context.Context, url, name string, replicas int, manage bool, logger *slog.Logger, opts ...nats.Option) (*nats.Conn, *stage.Resources, error) {
+	// Its own reply inbox, so that its NATS user may be the only one
+	// allowed to read its replies (natsperm).
+	base := []nats.Option{nats.MaxReconnects(-1), nats.CustomInboxPrefix(natsperm.InboxPrefix(name))}
+	nc, js, err := Dial(url, name, append(base, opts...)...)
 	if err != nil {
 		return nil, nil, err
 	}
-	res, err := stage.Ensure(ctx, js, stage.ResourceConfig{Replicas: replicas})
+	var res *stage.Resources
+	if manage {
+		if err = Setup(ctx, js, replicas, logger); err == nil {
+			res, err = stage.Ensure(ctx, js, stage.ResourceConfig{Replicas: replicas})
+		}
+	} else {
+		stageName := ""
+		if slices.Contains(StageNames, name) {
+			stageName = name
+		}
+		res, err = openWhenSetUp(ctx, js, stageName, logger)
+	}
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("create NATS resources: %w", err)
+		return nil, nil, fmt.Errorf("NATS resources: %w", err)
 	}
 	return nc, res, nil
 }

@@ -25,6 +25,10 @@ type ServiceConfig struct {
 	// Listener, when set, is used instead of listening on HTTPAddr.
 	Listener net.Listener
 	Replicas int // of the stream and buckets (1 dev, 3 prod)
+	// Setup makes the service create or update the NATS resources itself
+	// (a one-user installation); otherwise it waits for the set-up step
+	// (`leviathan setup`) and needs no right to manage JetStream.
+	Setup bool
 	// NATSOptions are extra connection options, such as credentials
 	// (nats.UserInfo); main builds them from the environment.
 	NATSOptions []nats.Option
@@ -80,7 +84,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	if cfg.Name == "localforge" {
 		return runLocalforge(ctx, cfg, ln)
 	}
-	nc, res, err := Connect(ctx, cfg.NATSURL, cfg.Name, cfg.Replicas, cfg.NATSOptions...)
+	nc, res, err := Connect(ctx, cfg.NATSURL, cfg.Name, cfg.Replicas, cfg.Setup, cfg.Logger, cfg.NATSOptions...)
 	if err != nil {
 		ln.Close()
 		return err

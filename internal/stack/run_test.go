@@ -25,6 +25,11 @@ func TestEveryServiceServesHealthAndMetrics(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The set-up step first, as a deployment's Job does.
+	_, js := natstest.Connect(t, ns)
+	if err := Setup(ctx, js, 1, logger); err != nil {
+		t.Fatal(err)
+	}
 	base := map[string]string{}
 	done := map[string]chan error{}
 	for _, name := range ServiceNames {

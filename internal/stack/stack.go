@@ -114,7 +114,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 	if err := s.startForge(ctx); err != nil {
 		return nil, err
 	}
-	nc, res, err := Connect(ctx, s.NATSURL, "dev", 1)
+	nc, res, err := Connect(ctx, s.NATSURL, "dev", 1, true, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}

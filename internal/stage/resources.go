@@ -19,7 +19,15 @@ const (
 	AttemptsBucket = "leviathan-attempts"
 	ConfigBucket   = "leviathan-config"
 	LocksBucket    = "leviathan-locks"
+	// ProjectorBucket holds the projector's graph snapshot. It is not
+	// leviathan-snapshots: that one has a TTL for repository snapshots,
+	// and a graph snapshot must outlive any TTL.
+	ProjectorBucket = "leviathan-projector"
 )
+
+// ErrNotSetUp says a stream, bucket or consumer does not exist yet: the
+// set-up step (`leviathan setup`, the overlays' Job) creates them.
+var ErrNotSetUp = errors.New("not set up yet (run `leviathan setup`)")
 
 // ResourceConfig sizes the shared resources. The zero value is a working
 // single-node configuration.
@@ -58,13 +66,19 @@ type Resources struct {
 	Attempts  jetstream.KeyValue
 	Config    jetstream.KeyValue
 	Locks     jetstream.KeyValue
+	// Manage is set when this process may create and update resources
+	// (it ran Setup): its runners then create or update their consumers.
+	// Without it they bind to the consumers Setup made.
+	Manage bool
 }
 
-// Ensure creates or updates the shared resources. Every service calls it at
-// start-up, so the order services start in does not matter.
-func Ensure(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) (*Resources, error) {
+// Setup creates or updates the shared stream and buckets: the one-shot
+// set-up step, run by `leviathan setup` (a Job on Kubernetes) with a NATS
+// user that may manage JetStream, or by a process that runs everything
+// (`leviathan dev`). It is idempotent.
+func Setup(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) error {
 	cfg.setDefaults()
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Leviathan attempt lifecycle events",
 		Subjects:    []string{events.StreamSubjects},
@@ -77,49 +91,71 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) (*R
 		AllowDirect: true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", StreamName, err)
+		return fmt.Errorf("stream %s: %w", StreamName, err)
 	}
-	snaps, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      SnapshotBucket,
-		Description: "repository snapshots of running attempts",
-		TTL:         cfg.SnapshotTTL,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	})
+	for _, obs := range []jetstream.ObjectStoreConfig{
+		{Bucket: SnapshotBucket, Description: "repository snapshots of running attempts", TTL: cfg.SnapshotTTL},
+		{Bucket: ProjectorBucket, Description: "the projector's graph snapshot and its stream sequence"},
+	} {
+		obs.Storage, obs.Replicas = jetstream.FileStorage, cfg.Replicas
+		if _, err := js.CreateOrUpdateObjectStore(ctx, obs); err != nil {
+			return fmt.Errorf("object store %s: %w", obs.Bucket, err)
+		}
+	}
+	for _, kv := range []jetstream.KeyValueConfig{
+		{Bucket: AttemptsBucket, Description: "attempt id -> stream sequence of the request that claimed it", TTL: cfg.MaxAge},
+		{Bucket: ConfigBucket, Description: "per-target policy (JSON)", History: 5},
+		{Bucket: LocksBucket, Description: "per-repository locks and forge pacing turns of the pr replicas", TTL: LockTTL},
+	} {
+		kv.Storage, kv.Replicas = jetstream.FileStorage, cfg.Replicas
+		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+			return fmt.Errorf("kv %s: %w", kv.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// Open binds to the shared stream and buckets that Setup made; a missing
+// one is ErrNotSetUp. It needs only read access to their configuration.
+func Open(ctx context.Context, js jetstream.JetStream) (*Resources, error) {
+	res := &Resources{JS: js}
+	notSetUp := func(what string, err error) error {
+		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+			return fmt.Errorf("%s: %w", what, ErrNotSetUp)
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	var err error
+	if res.Stream, err = js.Stream(ctx, StreamName); err != nil {
+		return nil, notSetUp("stream "+StreamName, err)
+	}
+	if res.Snapshots, err = js.ObjectStore(ctx, SnapshotBucket); err != nil {
+		return nil, notSetUp("object store "+SnapshotBucket, err)
+	}
+	for _, b := range []struct {
+		name string
+		kv   *jetstream.KeyValue
+	}{{AttemptsBucket, &res.Attempts}, {ConfigBucket, &res.Config}, {LocksBucket, &res.Locks}} {
+		if *b.kv, err = js.KeyValue(ctx, b.name); err != nil {
+			return nil, notSetUp("kv "+b.name, err)
+		}
+	}
+	return res, nil
+}
+
+// Ensure runs Setup and opens the resources, for a process that manages
+// them itself (`leviathan dev`, tests, a one-user installation): its
+// runners create their consumers too.
+func Ensure(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) (*Resources, error) {
+	if err := Setup(ctx, js, cfg); err != nil {
+		return nil, err
+	}
+	res, err := Open(ctx, js)
 	if err != nil {
-		return nil, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
+		return nil, err
 	}
-	attempts, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      AttemptsBucket,
-		Description: "attempt id -> stream sequence of the request that claimed it",
-		TTL:         cfg.MaxAge,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", AttemptsBucket, err)
-	}
-	conf, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      ConfigBucket,
-		Description: "per-target policy (JSON)",
-		History:     5,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", ConfigBucket, err)
-	}
-	locks, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      LocksBucket,
-		Description: "leases that serialize work across replicas (Resources.Lock)",
-		TTL:         LockTTL,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", LocksBucket, err)
-	}
-	return &Resources{JS: js, Stream: st, Snapshots: snaps, Attempts: attempts, Config: conf, Locks: locks}, nil
+	res.Manage = true
+	return res, nil
 }
 
 // ErrDuplicate is returned by Claim when another request already claimed

@@ -125,8 +125,29 @@ type Runner struct {
 	processed, failed, inFlight atomic.Int64
 }
 
-// NewRunner creates (or updates) the stage's durable consumer.
+// NewRunner creates (or updates) the stage's durable consumer when res
+// may manage resources, and otherwise binds to the one SetupConsumer made.
 func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, h Handler) (*Runner, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	var cons jetstream.Consumer
+	var err error
+	if res.Manage {
+		cons, err = SetupConsumer(ctx, res.JS, cfg, res.Stream.CachedInfo().Config.Replicas)
+	} else if cons, err = res.JS.Consumer(ctx, StreamName, cfg.Name); errors.Is(err, jetstream.ErrConsumerNotFound) {
+		err = ErrNotSetUp
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stage %s: consumer: %w", cfg.Name, err)
+	}
+	return &Runner{cfg: cfg, res: res, pub: pub, h: h, cons: cons}, nil
+}
+
+// SetupConsumer creates or updates the durable consumer of a stage: part
+// of the set-up step.
+func SetupConsumer(ctx context.Context, js jetstream.JetStream, cfg Config, replicas int) (jetstream.Consumer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -136,7 +157,7 @@ func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, 
 	// step instead of the requested delay (reproduced in a test while
 	// writing this). AckWait covers a crashed worker; NakWithDelay gives
 	// each transient error the delay the stage chooses.
-	cons, err := res.JS.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
+	return js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
 		Durable:       cfg.Name,
 		Description:   "leviathan " + cfg.Name + " stage",
 		FilterSubject: events.SubjectFilter(cfg.Input),
@@ -145,12 +166,8 @@ func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, 
 		MaxDeliver:    cfg.MaxDeliver,
 		AckWait:       cfg.AckWait,
 		MaxAckPending: 1000,
-		Replicas:      res.Stream.CachedInfo().Config.Replicas,
+		Replicas:      replicas,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("stage %s: consumer: %w", cfg.Name, err)
-	}
-	return &Runner{cfg: cfg, res: res, pub: pub, h: h, cons: cons}, nil
 }
 
 // Stats returns the runner's counters.

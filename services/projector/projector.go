@@ -23,10 +23,9 @@ import (
 
 // Names of the projector's own NATS resources.
 const (
-	// SnapshotBucket is the Object Store holding the graph snapshot. It is
-	// not leviathan-snapshots: that one has a TTL for repository snapshots,
-	// and a graph snapshot must outlive any TTL.
-	SnapshotBucket = "leviathan-projector"
+	// SnapshotBucket is the Object Store holding the graph snapshot
+	// (created by the set-up step).
+	SnapshotBucket = stage.ProjectorBucket
 	// SnapshotObject is the snapshot's name in the bucket.
 	SnapshotObject = "graph"
 )
@@ -144,12 +143,10 @@ func (p *Projector) run(ctx context.Context) error {
 
 	var obs jetstream.ObjectStore
 	if !p.cfg.NoSnapshots {
-		obs, err = p.res.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket:      SnapshotBucket,
-			Description: "projector graph snapshots",
-			Storage:     jetstream.FileStorage,
-			Replicas:    info.Config.Replicas,
-		})
+		obs, err = p.res.JS.ObjectStore(ctx, SnapshotBucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			err = stage.ErrNotSetUp
+		}
 		if err != nil {
 			return fmt.Errorf("projector: object store %s: %w", SnapshotBucket, err)
 		}

@@ -25,6 +25,7 @@ func TestDevOverlayRunsInDocker(t *testing.T) {
 		t.Fatal("no NATS StatefulSet")
 	}
 	k.waitReady(k.start(nats, "nats-0"), time.Minute)
+	k.runSetup(r)
 
 	forge, ok := r.workload("Deployment", "localforge")
 	if !ok {
@@ -86,10 +87,26 @@ func TestDevOverlayRunsInDocker(t *testing.T) {
 	t.Logf("proof Job succeeded; %v in all", time.Since(start).Round(time.Millisecond))
 }
 
+// runSetup runs the overlay's set-up Job to completion, as Kubernetes
+// does while the services wait for what it creates.
+func (k *kubelet) runSetup(r *rendered) {
+	k.t.Helper()
+	job, ok := r.workload("Job", "leviathan-setup")
+	if !ok {
+		k.t.Fatal("no set-up Job")
+	}
+	run := k.start(job, "leviathan-setup-fghij")
+	if code, err := k.wait(run.container.ID, 3*time.Minute); err != nil || code != 0 {
+		k.t.Fatalf("the set-up Job exited %d (%v):\n%s", code, err, k.logs(run.container.ID))
+	}
+}
+
 // TestProdNATSClusterRunsInDocker runs the prod overlay's NATS StatefulSet
-// (three servers routed through the headless Service's per-pod names) and
-// the clone service with its prod environment against it: the cluster must
-// form and the service must create its stream with three replicas.
+// (three servers routed through the headless Service's per-pod names, the
+// routes authenticated), the set-up Job and the clone service with its prod
+// environment against it: the cluster must form, the set-up Job must
+// create the stream with three replicas, and clone, as its own NATS user,
+// must come up on it.
 func TestProdNATSClusterRunsInDocker(t *testing.T) {
 	pool := dockerPool(t)
 	r := render(t, "prod")
@@ -115,6 +132,7 @@ func TestProdNATSClusterRunsInDocker(t *testing.T) {
 	for _, s := range servers {
 		k.waitReady(s, 2*time.Minute)
 	}
+	k.runSetup(r)
 	clone, ok := r.workload("Deployment", "clone")
 	if !ok {
 		t.Fatal("no clone Deployment")

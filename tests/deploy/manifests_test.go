@@ -716,7 +716,15 @@ func TestNATS(t *testing.T) {
 					t.Errorf("max_file_store %sGB does not fit the %d-byte volume", m[1], volume)
 				}
 			}
-			routes := regexp.MustCompile(`nats://([a-z0-9-]+)\.([a-z0-9-]+):(\d+)`).FindAllStringSubmatch(cfg.Data["cluster.conf"], -1)
+			// Route URLs carry the route password, so cluster.conf names
+			// them by variable and the container's env builds them.
+			clusterConf := cfg.Data["cluster.conf"]
+			for _, e := range c.Env {
+				if e.ValueFrom == nil {
+					clusterConf = strings.ReplaceAll(clusterConf, "$"+e.Name+"\n", e.Value+"\n")
+				}
+			}
+			routes := regexp.MustCompile(`nats://(?:route:\$\(NATS_ROUTE_PASSWORD\)@)?([a-z0-9-]+)\.([a-z0-9-]+):(\d+)`).FindAllStringSubmatch(clusterConf, -1)
 			if sts.Spec.Replicas != nil && *sts.Spec.Replicas == 1 {
 				if len(routes) != 0 {
 					t.Errorf("a single server has routes: %v", routes)
@@ -725,6 +733,14 @@ func TestNATS(t *testing.T) {
 			}
 			if int32(len(routes)) != *sts.Spec.Replicas {
 				t.Fatalf("%d routes for %d servers", len(routes), *sts.Spec.Replicas)
+			}
+			if !regexp.MustCompile(`(?s)authorization\s*\{\s*user:\s*route\s+password:\s*\$NATS_ROUTE_PASSWORD`).MatchString(clusterConf) {
+				t.Error("cluster routes are not authenticated")
+			}
+			for _, m := range routes {
+				if !strings.Contains(m[0], "route:$(NATS_ROUTE_PASSWORD)@") {
+					t.Errorf("route %s dials without the route user", m[0])
+				}
 			}
 			cluster, _ := containerPort(&sts.Spec.Template.Spec, intstr.FromString("cluster"))
 			for i, m := range routes {
@@ -742,7 +758,7 @@ func TestProofJob(t *testing.T) {
 	r := render(t, "dev")
 	var job *batchv1.Job
 	for _, obj := range r.objects {
-		if j, ok := obj.(*batchv1.Job); ok {
+		if j, ok := obj.(*batchv1.Job); ok && j.Name == "leviathan-proof" {
 			job = j
 		}
 	}
@@ -761,7 +777,7 @@ func TestProofJob(t *testing.T) {
 		t.Error("the Job needs a deadline and a backoff limit")
 	}
 	for _, p := range render(t, "prod").objects {
-		if _, ok := p.(*batchv1.Job); ok {
+		if j, ok := p.(*batchv1.Job); ok && j.Name == "leviathan-proof" {
 			t.Error("the prod overlay runs the proof Job: it would open a pull request on every deploy")
 		}
 	}
