@@ -16,6 +16,7 @@ var (
 	attemptIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 	taskIDPattern    = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
 	targetPattern    = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
+	commitPattern    = regexp.MustCompile(`^[0-9a-f]{40}$`)
 )
 
 // DefaultBranchPrefix is the prefix of the branches attempts push,
@@ -172,6 +173,16 @@ func (r *Request) Validate() error {
 	}
 	if err := validateRefName("branch_name", r.BranchName); err != nil {
 		return err
+	}
+	if rf := r.ResumeFrom; rf != nil {
+		switch {
+		case !ValidAttemptID(rf.AttemptID):
+			return invalid("resume_from.attempt_id", "must match %s", attemptIDPattern)
+		case rf.BranchName != r.BranchName:
+			return invalid("resume_from.branch_name", "must be the request's branch_name %q", r.BranchName)
+		case !commitPattern.MatchString(rf.CommitSHA):
+			return invalid("resume_from.commit_sha", "must be a 40-character hexadecimal commit id")
+		}
 	}
 	return r.Task.validate(r.TaskID)
 }

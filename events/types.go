@@ -83,6 +83,18 @@ type Request struct {
 	Draft         bool   `json:"draft,omitempty"`
 	DryRun        bool   `json:"dry_run,omitempty"`
 	CreateBacklog bool   `json:"create_backlog,omitempty"`
+	// ResumeFrom, set by `leviathan retry`, names a failed attempt of the
+	// same task whose pushed branch this one reuses when it would build
+	// the same commit.
+	ResumeFrom *Resume `json:"resume_from,omitempty"`
+}
+
+// Resume is the work of an earlier attempt a retry may reuse: the branch
+// it pushed and the commit at its tip.
+type Resume struct {
+	AttemptID  string `json:"attempt_id"`
+	BranchName string `json:"branch_name"`
+	CommitSHA  string `json:"commit_sha"`
 }
 
 // Rejected is the payload of attempt.rejected.
@@ -194,6 +206,10 @@ type Failed struct {
 	FailureType  FailureType `json:"failure_type"`
 	ErrorSummary string      `json:"error_summary"`
 	Deliveries   int         `json:"deliveries"`
+	// BranchName and CommitSHA say that the attempt left a pushed branch
+	// (it failed after push): `leviathan retry` can reuse it.
+	BranchName string `json:"branch_name,omitempty"`
+	CommitSHA  string `json:"commit_sha,omitempty"`
 }
 
 // Invalidated is the payload of attempt.invalidated.

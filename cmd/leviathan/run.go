@@ -26,6 +26,7 @@ Usage:
   leviathan run      <service> [flags]  run one service: clone, backlog-edit, push, pr, projector, localforge
   leviathan submit   [flags]            submit an attempt (--wait to follow it to the end)
   leviathan watch    [attempt] [flags]  follow one attempt to its end, or every event live
+  leviathan retry    <attempt> [flags]  a new attempt for a failed one's task, reusing its pushed branch
   leviathan summary  [flags]            print the graph summary from the control plane API
   leviathan config   get|set|list|delete  per-target guardrails in the leviathan-config bucket
   leviathan version
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdSubmit(ctx, args[1:], env, stdout, stderr)
 	case "watch":
 		return cmdWatch(ctx, args[1:], env, stdout, stderr)
+	case "retry":
+		return cmdRetry(ctx, args[1:], env, stdout, stderr)
 	case "summary":
 		return cmdSummary(ctx, args[1:], env, stdout, stderr)
 	case "config":
@@ -106,6 +109,7 @@ type environment struct {
 	AllowedHosts  string // LEVIATHAN_ALLOWED_HOSTS (comma-separated: host, host:port, http://host:port)
 	PrivateHosts  string // LEVIATHAN_PRIVATE_HOSTS (comma-separated host names)
 	Setup         bool   // LEVIATHAN_SETUP=1: services set up the NATS resources themselves
+	Deadline      string // LEVIATHAN_STAGE_DEADLINE: of one run of a stage's handler
 	Forge         forgeEnv
 }
 
@@ -128,6 +132,7 @@ func envConfig(getenv func(string) string) environment {
 		AllowedHosts:  getenv("LEVIATHAN_ALLOWED_HOSTS"),
 		PrivateHosts:  getenv("LEVIATHAN_PRIVATE_HOSTS"),
 		Setup:         getenv("LEVIATHAN_SETUP") == "1" || getenv("LEVIATHAN_SETUP") == "true",
+		Deadline:      getenv("LEVIATHAN_STAGE_DEADLINE"),
 		Forge:         forgeEnvFrom(getenv),
 	}
 	if e.NATSURL == "" {

@@ -45,6 +45,11 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 	if cfg.Replicas, err = env.replicas(); err != nil {
 		return err
 	}
+	if env.Deadline != "" {
+		if cfg.Deadline, err = time.ParseDuration(env.Deadline); err != nil || cfg.Deadline <= 0 {
+			return &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_STAGE_DEADLINE=%q: want a duration such as 5m", env.Deadline)}
+		}
+	}
 	cfg.Logger = newLogger(stderr, env.LogLevel).With("service", cfg.Name)
 	return stack.RunService(ctx, cfg)
 }

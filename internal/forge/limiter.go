@@ -63,9 +63,10 @@ type Turns interface {
 	Take(ctx context.Context, wait time.Duration) (done func(hold time.Duration), err error)
 }
 
-// MaxTurn bounds how long a turn may be held (RequestTimeout plus
-// MinInterval) when Turns is set: a Turns implementation must keep a turn
-// at least this long even if its holder dies without ending it.
+// MaxTurn bounds RequestTimeout plus MinInterval when Turns is set. A
+// Turns implementation keeps a turn while its holder lives (stage.Turns
+// renews it), however long it is held, and lets it lapse soon after the
+// holder dies.
 const MaxTurn = 100 * time.Second
 
 // mutating reports whether a request changes state on the forge.
@@ -82,19 +83,24 @@ func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
+	hold := l.interval
 	if mutating(req.Method) {
 		release, err := l.acquire(req.Context())
 		if err != nil {
 			closeBody(req)
 			return nil, err
 		}
-		defer release()
+		// The turn is held the interval after the call, or for the whole
+		// wait a rate limit asks for: then every replica sharing the turns
+		// holds its mutating calls too, at once.
+		defer func() { release(hold) }()
 	}
 	resp, err := l.next.RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
 	if wait, limited := l.rateLimitWait(resp); limited {
+		hold = max(hold, wait)
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 		_ = resp.Body.Close()
 		l.mu.Lock()
@@ -128,7 +134,7 @@ func (l *limiter) held() error {
 // call has finished and interval has passed since. It waits in-line up to
 // maxWait; for a longer wait it reserves nothing and returns a RetryError,
 // so a stage hands the message back to the server instead of blocking.
-func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
+func (l *limiter) acquire(ctx context.Context) (release func(hold time.Duration), err error) {
 	deadline := l.now().Add(l.maxWait)
 	t := time.NewTimer(l.maxWait)
 	defer t.Stop()
@@ -173,11 +179,11 @@ func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
 			return nil, ctx.Err()
 		}
 	}
-	return func() {
+	return func(hold time.Duration) {
 		l.mu.Lock()
 		l.nextSlot = l.now().Add(l.interval)
 		l.mu.Unlock()
-		done(l.interval)
+		done(hold)
 		<-l.sem
 	}, nil
 }

@@ -110,9 +110,11 @@ func objWrite(pub set, bucket string) {
 	pub.add("$O."+bucket+".>", api+"STREAM.PURGE.OBJ_"+bucket)
 }
 
-// durable pulls from and acks a stage's durable consumer.
-func durable(pub set, name string) {
+// durable pulls from and acks a stage's durable consumer, and hears when
+// one of its messages runs out of deliveries.
+func durable(pub, sub set, name string) {
 	pub.add(api+"CONSUMER.INFO."+stream+"."+name, api+"CONSUMER.MSG.NEXT."+stream+"."+name, "$JS.ACK."+stream+"."+name+".>")
+	sub.add(stage.MaxDeliveriesSubject(name))
 }
 
 // emits publishes events of types (and receives the stream's acks on the
@@ -156,7 +158,7 @@ func For(user string) (p Permissions, ok bool) {
 		orderedConsumers(pub, stream)
 		return Permissions{Publish: pub.list(), PublishDeny: durableDenies(), Subscribe: sub.list()}, true
 	case "clone":
-		durable(pub, "clone")
+		durable(pub, sub, "clone")
 		emits(pub, events.AttemptRequested, events.AttemptRejected, events.AttemptCreated, events.AttemptStarted,
 			events.RepoFetched, events.AttemptFailed)
 		streamRead(pub, stream)
@@ -166,20 +168,20 @@ func For(user string) (p Permissions, ok bool) {
 		objWrite(pub, stage.SnapshotBucket)
 		sub.add("leviathan.api.submit")
 	case "backlog-edit":
-		durable(pub, "backlog-edit")
+		durable(pub, sub, "backlog-edit")
 		emits(pub, events.BacklogEdited, events.BacklogUnchanged, events.AttemptSucceeded, events.AttemptFailed)
 		streamRead(pub, stream)
 		kvRead(pub, stage.AttemptsBucket)
 		objWrite(pub, stage.SnapshotBucket)
 	case "push":
-		durable(pub, "push")
+		durable(pub, sub, "push")
 		emits(pub, events.BranchPushed, events.AttemptSucceeded, events.AttemptFailed)
 		streamRead(pub, stream)
 		kvRead(pub, stage.AttemptsBucket)
 		kvRead(pub, stage.ConfigBucket)
 		objRead(pub, stage.SnapshotBucket)
 	case "pr":
-		durable(pub, "pr")
+		durable(pub, sub, "pr")
 		emits(pub, events.PRCreated, events.AttemptSucceeded, events.AttemptFailed)
 		streamRead(pub, stream)
 		kvRead(pub, stage.AttemptsBucket)

@@ -52,6 +52,7 @@ type deps struct {
 	logger   *slog.Logger
 	git      gitx.Remote // credentials only; URL comes from each request
 	egress   *egress.Policy
+	deadline time.Duration // of each handler run, when set (LEVIATHAN_STAGE_DEADLINE)
 	forge    forge.Driver
 	instance string
 	// tune adjusts every stage's runner configuration (tests shorten
@@ -114,7 +115,17 @@ func Dial(url, name string, opts ...nats.Option) (*nats.Conn, jetstream.JetStrea
 func Connect(ctx context.Context, url, name string, replicas int, manage bool, logger *slog.Logger, opts ...nats.Option) (*nats.Conn, *stage.Resources, error) {
 	// Its own reply inbox, so that its NATS user may be the only one
 	// allowed to read its replies (natsperm).
-	base := []nats.Option{nats.MaxReconnects(-1), nats.CustomInboxPrefix(natsperm.InboxPrefix(name))}
+	// It keeps trying to connect when NATS is not there yet (start order
+	// does not matter), and says when it loses and regains it.
+	base := []nats.Option{
+		nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.CustomInboxPrefix(natsperm.InboxPrefix(name)),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if err != nil && !c.IsClosed() { // not our own Close
+				logger.Warn("NATS disconnected; reconnecting", "url", url, "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { logger.Info("NATS connected", "url", c.ConnectedUrlRedacted()) }),
+	}
 	nc, js, err := Dial(url, name, append(base, opts...)...)
 	if err != nil {
 		return nil, nil, err
@@ -172,6 +183,9 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 	}
 	cfg.Logger = logger
 	cfg.Metrics = d.metrics
+	if d.deadline > 0 {
+		cfg.Deadline = d.deadline
+	}
 	if d.tune != nil {
 		d.tune(&cfg)
 	}

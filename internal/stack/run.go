@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +26,10 @@ type ServiceConfig struct {
 	// Listener, when set, is used instead of listening on HTTPAddr.
 	Listener net.Listener
 	Replicas int // of the stream and buckets (1 dev, 3 prod)
+	// Deadline bounds one run of the stage's handler (default: 10 min for
+	// clone, 2 min for the others); expiry is retried, and ends the attempt
+	// with timeout on the last delivery.
+	Deadline time.Duration
 	// Setup makes the service create or update the NATS resources itself
 	// (a one-user installation); otherwise it waits for the set-up step
 	// (`leviathan setup`) and needs no right to manage JetStream.
@@ -84,21 +89,37 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	if cfg.Name == "localforge" {
 		return runLocalforge(ctx, cfg, ln)
 	}
-	nc, res, err := Connect(ctx, cfg.NATSURL, cfg.Name, cfg.Replicas, cfg.Setup, cfg.Logger, cfg.NATSOptions...)
+	// A stage serves its probes from the start: alive, and not ready until
+	// it is connected and running (NATS may not be reachable yet; it keeps
+	// trying). The projector serves them with its API.
+	reg, metrics, err := newRegistry()
 	if err != nil {
 		ln.Close()
 		return err
 	}
+	var running atomic.Bool
+	var conn atomic.Pointer[nats.Conn]
+	if cfg.Name != "projector" {
+		ready := func() bool { c := conn.Load(); return running.Load() && c != nil && c.IsConnected() }
+		srv := &http.Server{Handler: healthHandler(ready, metricsHandler(reg)), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+	}
+	nc, res, err := Connect(ctx, cfg.NATSURL, cfg.Name, cfg.Replicas, cfg.Setup, cfg.Logger, cfg.NATSOptions...)
+	if err != nil {
+		if cfg.Name == "projector" {
+			ln.Close()
+		}
+		return err
+	}
 	defer nc.Close()
+	conn.Store(nc)
 	pol, err := egress.New(egress.Config{ForgeAPIURL: cfg.ForgeAPIURL, Allowed: cfg.AllowedHosts, Private: cfg.PrivateHosts})
 	if err != nil {
 		return err
 	}
-	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(), egress: pol,
-		git: gitx.Remote{Username: cfg.GitUsername, Password: cfg.GitToken}}
-	if d.reg, d.metrics, err = newRegistry(); err != nil {
-		return err
-	}
+	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(), egress: pol, deadline: cfg.Deadline,
+		git: gitx.Remote{Username: cfg.GitUsername, Password: cfg.GitToken}, reg: reg, metrics: metrics}
 	var comp *component
 	if cfg.Name == "projector" {
 		comp, _ = projectorComponent(d, ln, cfg.ControlToken)
@@ -109,15 +130,13 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 		if comp, err = stageComponent(ctx, cfg.Name, d); err != nil {
 			return err
 		}
-		srv := &http.Server{Handler: healthHandler(nc.IsConnected, metricsHandler(d.reg)), ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
 	}
 	cfg.Logger.Info("running", "nats", cfg.NATSURL, "http", ln.Addr().String(), "version", Version)
 	wait, err := startComponents(ctx, d, []*component{comp})
 	if err != nil {
 		return err
 	}
+	running.Store(true)
 	return wait()
 }
 

@@ -3,6 +3,8 @@ package stack
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/leviathan-dev/leviathan/internal/natstest"
 )
@@ -125,5 +129,66 @@ func TestEveryServiceServesHealthAndMetrics(t *testing.T) {
 	}
 	if status, _ := get(base["localforge"] + "/readyz"); status != 200 {
 		t.Errorf("localforge /readyz = %d", status)
+	}
+}
+
+// TestServiceStartsBeforeNATS: a service started while NATS is not there
+// is alive and not ready, keeps trying, and becomes ready once NATS is up
+// and set up: start order does not matter.
+func TestServiceStartsBeforeNATS(t *testing.T) {
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsAddr := free.Addr().(*net.TCPAddr)
+	free.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunService(ctx, ServiceConfig{Name: "backlog-edit", NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", natsAddr.Port),
+			Listener: ln, Replicas: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("service: %v", err)
+		}
+	}()
+	status := func(path string) int {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for status("/healthz") != 200 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := status("/readyz"); s != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz without NATS: %d, want 503", s)
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: natsAddr.Port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	_, js := natstest.Connect(t, ns)
+	if err := Setup(ctx, js, 1, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); status("/readyz") != 200; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the service never became ready after NATS came up")
+		}
 	}
 }

@@ -58,6 +58,13 @@ func openWhenSetUp(ctx context.Context, js jetstream.JetStream, stageName string
 		if err == nil {
 			return res, nil
 		}
+		if nc := js.Conn(); nc.IsClosed() {
+			// The client gave up (refused credentials, say): no use waiting.
+			if last := nc.LastError(); last != nil {
+				return nil, last
+			}
+			return nil, err
+		}
 		logger.Warn("waiting for the NATS resources", "err", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -67,6 +68,9 @@ type StackConfig struct {
 	// AllowedHosts and PrivateHosts add to where repository URLs and
 	// connections may go besides localforge (egress.Config).
 	AllowedHosts, PrivateHosts []string
+	// Without names stages this process does not run (tests run them as
+	// processes of their own); their consumers are set up all the same.
+	Without []string
 	// Dial, when set, makes every outbound connection of the services
 	// (egress.Config.Dial): tests confine it to loopback.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -146,11 +150,25 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 	}
 	var comps []*component
 	for _, name := range StageNames {
+		if slices.Contains(cfg.Without, name) {
+			continue // its consumer is set up below; its process binds to it
+		}
 		c, err := stageComponent(ctx, name, s.deps)
 		if err != nil {
 			return nil, err
 		}
 		comps = append(comps, c)
+	}
+	for _, sc := range stageConfigs() {
+		if !slices.Contains(cfg.Without, sc.Name) {
+			continue
+		}
+		if cfg.Tune != nil {
+			cfg.Tune(&sc)
+		}
+		if _, err := stage.SetupConsumer(ctx, res.JS, sc, 1); err != nil {
+			return nil, err
+		}
 	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -21,12 +21,19 @@ type Error struct {
 	// After, when set on a retry, is the delay the remote side asked for
 	// (Retry-After); it overrides the runner's backoff.
 	After time.Duration
+	// Wait marks waiting, not failing (a rate limit, the forge's pacing
+	// turn, a lock held by a live holder): the runner keeps the message,
+	// waits After and runs the handler again, spending no delivery.
+	Wait bool
 	// Err is the cause. Its text becomes error_summary, so it must never
 	// hold a credential.
 	Err error
 }
 
 func (e *Error) Error() string {
+	if e.Wait {
+		return fmt.Sprintf("waiting %v: %v", e.After, e.Err)
+	}
 	if e.Retry {
 		return fmt.Sprintf("transient: %v", e.Err)
 	}
@@ -53,6 +60,14 @@ func Retry(err error) error {
 // RetryAfter is a transient failure retried no sooner than d.
 func RetryAfter(d time.Duration, err error) error {
 	return &Error{Type: events.RetriesExhausted, Retry: true, After: d, Err: err}
+}
+
+// Wait says the handler must wait d before it can go on (DESIGN.md §3,
+// "waiting is not failing"): the runner holds the message, keeping it
+// alive, and runs the handler again after d. The wait spends none of the
+// attempt's deliveries.
+func Wait(d time.Duration, err error) error {
+	return &Error{Type: events.RetriesExhausted, Retry: true, Wait: true, After: d, Err: err}
 }
 
 // Classified is Retry(err) when retry is set, else Fail(t, err): for

@@ -14,9 +14,11 @@ import (
 )
 
 // LockTTL is how long a lock outlives a holder that died holding it: the
-// leviathan-locks bucket's TTL. A holder must finish its work well within
-// it (see Lock).
-const LockTTL = 2 * time.Minute
+// leviathan-locks bucket's TTL. A live holder renews its lock four times
+// per TTL, so it may hold it as long as it needs and a slow renewal on a
+// loaded machine does not lose it; a dead one blocks the others for
+// seconds, not minutes.
+const LockTTL = 4 * time.Second
 
 // ErrLocked is returned by Lock when another holder still has the lock
 // after the wait.
@@ -29,16 +31,17 @@ const lockRecheck = time.Second
 
 // Lock takes the lock called name in the leviathan-locks bucket, shared by
 // every replica of every service, waiting up to wait while another holder
-// has it. holder says who takes it (shown to whoever waits for it). The
+// has it. holder says who takes it (shown to whoever waits for it) and
+// owns it: a lock left by a holder of the same name (an attempt whose
+// process died holding it, now redelivered) is taken over at once. The
 // returned unlock releases it; it may be called more than once, from any
 // goroutine.
 //
-// The lock is a key created only if absent and deleted at the revision
-// that created it, so an unlock never deletes a later holder's lock. A
-// waiter watches the key and tries again as soon as it is deleted. A
-// holder that dies keeps the lock for at most LockTTL, after which the
-// bucket drops the key; a holder must therefore bound its work well below
-// that (the caller's context) and must not rely on the lock past it.
+// The lock is a key created only if absent, renewed every lockRenew while
+// held, and deleted at the revision of the last renewal, so an unlock never
+// deletes a later holder's lock. A waiter watches the key and tries again
+// as soon as it is deleted. A holder that dies stops renewing, and the
+// bucket drops the key within LockTTL.
 func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Duration) (unlock func(), err error) {
 	key := "lock." + hex.EncodeToString([]byte(name)) // any name is a valid key
 	// The value names the holder and this call, so a create whose answer
@@ -54,7 +57,17 @@ func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Dur
 	for {
 		rev, err := r.Locks.Create(ctx, key, value)
 		if err == nil {
-			return r.unlocker(ctx, key, rev), nil
+			return r.holdLock(ctx, key, value, rev), nil
+		}
+		if held(err) {
+			// Ours from before (the same holder, dead since)? Take it over.
+			if e, gerr := r.Locks.Get(ctx, key); gerr == nil {
+				if owner, _, _ := strings.Cut(string(e.Value()), " #"); owner == holder {
+					if rev, uerr := r.Locks.Update(ctx, key, value, e.Revision()); uerr == nil {
+						return r.holdLock(ctx, key, value, rev), nil
+					}
+				}
+			}
 		}
 		if !held(err) {
 			// The create may have been stored although its answer was lost:
@@ -87,16 +100,50 @@ func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Dur
 	}
 }
 
-// unlocker releases the lock created at rev, once.
-func (r *Resources) unlocker(ctx context.Context, key string, rev uint64) func() {
+// holdLock renews the lock made at rev until the returned unlock, which
+// releases it once.
+func (r *Resources) holdLock(ctx context.Context, key string, value []byte, rev uint64) func() {
+	var mu sync.Mutex // rev
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(r.lockRenew)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			mu.Lock()
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.lockRenew)
+			next, err := r.Locks.Update(rctx, key, value, rev)
+			cancel()
+			if err == nil {
+				rev = next
+			}
+			mu.Unlock()
+			if err != nil && held(err) {
+				return // lost (lapsed and taken): nothing left to renew
+			}
+		}
+	}()
 	var once sync.Once
+	if r.abandonLocks != nil {
+		r.abandonLocks(func() { once.Do(func() { close(stop); <-stopped }) })
+	}
 	return func() {
 		once.Do(func() {
+			close(stop)
+			<-stopped
 			// Release even when ctx is done: the next holder would otherwise
 			// wait for the TTL.
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
+			mu.Lock()
 			_ = r.Locks.Delete(dctx, key, jetstream.LastRevision(rev))
+			mu.Unlock()
 		})
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/leviathan-dev/leviathan/internal/natstest"
 )
 
 // TestLockIsExclusive: holders of one lock never overlap, whatever their
@@ -151,4 +153,58 @@ func TestReleaseIfOurs(t *testing.T) {
 	if _, err := res.Locks.Get(ctx, "lock.k"); err == nil {
 		t.Fatal("our own lock was kept")
 	}
+}
+
+// shortLocks is a stream and buckets whose locks lapse after ttl.
+func shortLocks(t *testing.T, ttl time.Duration) *Resources {
+	t.Helper()
+	_, js := natstest.Connect(t, natstest.Run(t))
+	res, err := Ensure(context.Background(), js, ResourceConfig{LockTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// TestLockRenewedWhileHeldAndLapsesWhenTheHolderDies: a live holder keeps
+// its lock for many TTLs; when it dies (stops renewing), another takes the
+// lock within about a TTL; and the same owner takes over its own dead lock
+// at once (a redelivered attempt re-enters its lock).
+func TestLockRenewedWhileHeldAndLapsesWhenTheHolderDies(t *testing.T) {
+	const ttl = time.Second
+	res := shortLocks(t, ttl)
+	ctx := context.Background()
+	var die func()
+	res.abandonLocks = func(d func()) { die = d }
+
+	unlock, err := res.Lock(ctx, "repo", "attempt a-1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * ttl) // renewed meanwhile
+	if _, err := res.Lock(ctx, "repo", "attempt b-1", 0); !errors.Is(err, ErrLocked) {
+		t.Fatalf("after 3 TTLs of a live holder: %v, want ErrLocked", err)
+	}
+
+	// The holder dies: the same attempt, redelivered, re-enters at once.
+	die()
+	again, err := res.Lock(ctx, "repo", "attempt a-1", 0)
+	if err != nil {
+		t.Fatalf("the same attempt after its holder died: %v", err)
+	}
+	again()
+	unlock() // the dead holder's unlock finds nothing of its own
+
+	// Another attempt waits at most about a TTL for a dead holder.
+	if _, err := res.Lock(ctx, "repo", "attempt a-2", 0); err != nil {
+		t.Fatal(err)
+	}
+	die()
+	start := time.Now()
+	b, err := res.Lock(ctx, "repo", "attempt b-2", 10*ttl)
+	if err != nil {
+		t.Fatalf("after the holder died: %v", err)
+	}
+	b()
+	t.Logf("a dead holder's lock passed on after %v (TTL %v)", time.Since(start).Round(10*time.Millisecond), ttl)
 }

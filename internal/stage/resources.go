@@ -41,6 +41,9 @@ type ResourceConfig struct {
 	// Duplicates is the stream's de-duplication window (default 20 min,
 	// longer than any redelivery backoff so a republished event is dropped).
 	Duplicates time.Duration
+	// LockTTL is the leviathan-locks bucket's TTL: how long a dead
+	// holder's lock lasts (default LockTTL; tests shorten it).
+	LockTTL time.Duration
 }
 
 func (c *ResourceConfig) setDefaults() {
@@ -56,6 +59,9 @@ func (c *ResourceConfig) setDefaults() {
 	if c.Duplicates <= 0 {
 		c.Duplicates = 20 * time.Minute
 	}
+	if c.LockTTL <= 0 {
+		c.LockTTL = LockTTL
+	}
 }
 
 // Resources are handles on the shared stream and buckets.
@@ -66,6 +72,12 @@ type Resources struct {
 	Attempts  jetstream.KeyValue
 	Config    jetstream.KeyValue
 	Locks     jetstream.KeyValue
+	// lockRenew is how often a lock holder renews its lock: a quarter of
+	// the locks bucket's TTL.
+	lockRenew time.Duration
+	// abandonLocks, in tests, receives for each lock taken a function that
+	// stops renewing it without releasing it: the holder's death.
+	abandonLocks func(die func())
 	// Manage is set when this process may create and update resources
 	// (it ran Setup): its runners then create or update their consumers.
 	// Without it they bind to the consumers Setup made.
@@ -105,7 +117,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) erro
 	for _, kv := range []jetstream.KeyValueConfig{
 		{Bucket: AttemptsBucket, Description: "attempt id -> stream sequence of the request that claimed it", TTL: cfg.MaxAge},
 		{Bucket: ConfigBucket, Description: "per-target policy (JSON)", History: 5},
-		{Bucket: LocksBucket, Description: "per-repository locks and forge pacing turns of the pr replicas", TTL: LockTTL},
+		{Bucket: LocksBucket, Description: "per-repository locks and forge pacing turns of the pr replicas", TTL: cfg.LockTTL},
 	} {
 		kv.Storage, kv.Replicas = jetstream.FileStorage, cfg.Replicas
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
@@ -139,6 +151,10 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Resources, error) {
 		if *b.kv, err = js.KeyValue(ctx, b.name); err != nil {
 			return nil, notSetUp("kv "+b.name, err)
 		}
+	}
+	res.lockRenew = LockTTL / 4
+	if st, err := res.Locks.Status(ctx); err == nil && st.TTL() > 0 {
+		res.lockRenew = st.TTL() / 4
 	}
 	return res, nil
 }

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
@@ -48,6 +50,19 @@ type Input struct {
 	pub *Publisher
 }
 
+// pushed is the branch and commit an attempt has pushed when the input is
+// branch.pushed: a failure from here on leaves the branch behind.
+func (in *Input) pushed() (branch, commit string) {
+	if in.Event.EventType != events.BranchPushed {
+		return "", ""
+	}
+	var p events.Pushed
+	if in.Event.DecodePayload(&p) != nil {
+		return "", ""
+	}
+	return p.BranchName, p.CommitSHA
+}
+
 // Publish publishes an event of the input's attempt.
 func (in *Input) Publish(ctx context.Context, t events.Type, payload any) error {
 	_, err := in.pub.Publish(ctx, t, in.Ref, payload)
@@ -74,6 +89,22 @@ type Config struct {
 	// Metrics records each delivery's outcome and handling time; nothing
 	// is recorded when nil.
 	Metrics *Metrics
+	// Deadline bounds one run of the handler (default 2 min): expiry is a
+	// transient failure, and timeout on the last delivery. Waits (Wait)
+	// are not counted in it.
+	Deadline time.Duration
+	// MaxWait bounds the waits of one delivery (default 30 min); beyond
+	// it the message is handed back with a delay, spending a delivery.
+	MaxWait time.Duration
+	// Grace is how long a handler may go on finishing its message after
+	// the runner is stopped (default 20 s), so a rolling deploy spends no
+	// delivery; past it the handler is cancelled.
+	Grace time.Duration
+	// BeforeHandle is a fault-injection point for tests, called on every
+	// delivery before the handler. When it returns an error the runner
+	// abandons the delivery without an answer, as a process that crashed
+	// on it would; it panics for a handler that panics.
+	BeforeHandle func(*Input) error
 	// BeforeAck is a fault-injection point for tests. When it returns an
 	// error the runner abandons the delivery without acknowledging it, as
 	// a process that crashed between publishing and acking would; the
@@ -87,6 +118,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
+	}
+	if c.Deadline <= 0 {
+		c.Deadline = 2 * time.Minute
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 30 * time.Minute
+	}
+	if c.Grace <= 0 {
+		c.Grace = 20 * time.Second
 	}
 	if len(c.RetryDelays) == 0 {
 		c.RetryDelays = []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}
@@ -122,7 +162,7 @@ type Runner struct {
 	h    Handler
 	cons jetstream.Consumer
 
-	processed, failed, inFlight atomic.Int64
+	processed, failed, inFlight, waiting atomic.Int64
 }
 
 // NewRunner creates (or updates) the stage's durable consumer when res
@@ -141,6 +181,16 @@ func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, 
 	}
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: consumer: %w", cfg.Name, err)
+	}
+	// The consumer's own limits are the ones the server applies: heartbeat
+	// within its AckWait, count deliveries against its MaxDeliver.
+	if ci := cons.CachedInfo(); ci != nil {
+		if ci.Config.AckWait > 0 {
+			cfg.AckWait = ci.Config.AckWait
+		}
+		if ci.Config.MaxDeliver > 0 {
+			cfg.MaxDeliver = ci.Config.MaxDeliver
+		}
 	}
 	return &Runner{cfg: cfg, res: res, pub: pub, h: h, cons: cons}, nil
 }
@@ -175,8 +225,77 @@ func (r *Runner) Stats() Stats {
 	return Stats{Processed: r.processed.Load(), Failed: r.failed.Load(), InFlight: r.inFlight.Load()}
 }
 
+// MaxDeliveriesSubject is where JetStream tells that a message of the
+// stage's consumer ran out of deliveries without an answer.
+func MaxDeliveriesSubject(stage string) string {
+	return "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamName + "." + stage
+}
+
+// watchMaxDeliveries ends the attempts whose message ran out of
+// deliveries without reaching an answer (a process that crashed on it
+// every time, or never answered): JetStream drops such a message silently,
+// and the attempt would stay running for ever. One replica of the stage
+// (a queue group) answers each advisory with attempt.failed.
+func (r *Runner) watchMaxDeliveries(ctx context.Context) (stop func(), err error) {
+	nc := r.res.JS.Conn()
+	sub, err := nc.QueueSubscribe(MaxDeliveriesSubject(r.cfg.Name), "leviathan-"+r.cfg.Name, func(m *nats.Msg) {
+		var adv struct {
+			StreamSeq  uint64 `json:"stream_seq"`
+			Deliveries int    `json:"deliveries"`
+		}
+		if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
+			return
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		r.endExhausted(actx, adv.StreamSeq, adv.Deliveries)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stage %s: subscribe to max-deliveries advisories: %w", r.cfg.Name, err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// endExhausted publishes attempt.failed for the message at seq, unless its
+// attempt has ended already.
+func (r *Runner) endExhausted(ctx context.Context, seq uint64, deliveries int) {
+	raw, err := r.res.Stream.GetMsg(ctx, seq)
+	if err != nil {
+		r.cfg.Logger.Warn("max deliveries: message gone", "stage", r.cfg.Name, "seq", seq, "err", err)
+		return
+	}
+	in, err := r.inputOf(raw.Subject, raw.Data, seq, deliveries)
+	if err != nil {
+		return
+	}
+	for _, t := range []events.Type{events.AttemptSucceeded, events.AttemptFailed, events.AttemptRejected} {
+		if _, err := r.res.Stream.GetLastMsgForSubject(ctx, events.Subject(in.Ref.AttemptID, t)); err == nil {
+			return // it ended after all
+		}
+	}
+	if req, err := r.res.Request(ctx, in.Ref.AttemptID); err == nil {
+		in.Ref = req.Ref
+	}
+	failed := events.Failed{
+		Ref: in.Ref, Status: "failed", Stage: r.cfg.Name, FailureType: events.RetriesExhausted, Deliveries: deliveries,
+		ErrorSummary: fmt.Sprintf("the %s stage ran out of its %d deliveries without finishing one (it crashed or never answered)", r.cfg.Name, deliveries),
+	}
+	failed.BranchName, failed.CommitSHA = in.pushed()
+	if err := in.Publish(ctx, events.AttemptFailed, failed); err != nil {
+		r.cfg.Logger.Warn("max deliveries: publishing attempt.failed failed", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", err)
+		return
+	}
+	r.failed.Add(1)
+	r.cfg.Logger.Warn("attempt failed: out of deliveries", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "deliveries", deliveries)
+}
+
 // Run processes messages until ctx is done.
 func (r *Runner) Run(ctx context.Context) error {
+	stop, err := r.watchMaxDeliveries(ctx)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	for ctx.Err() == nil {
 		fetchCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		msg, err := r.cons.Next(jetstream.FetchContext(fetchCtx))
@@ -185,7 +304,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
 				r.cfg.Logger.Warn("fetch failed", "stage", r.cfg.Name, "err", err)
 				select {
 				case <-ctx.Done():
@@ -216,7 +335,21 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 	r.inFlight.Add(1)
 	defer r.inFlight.Add(-1)
 
-	herr := r.handle(ctx, msg, in)
+	// The handler finishes its message even when the runner is stopped,
+	// within the grace period, so a rolling deploy spends no delivery.
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
+	stopWatch := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(r.cfg.Grace, hcancel)
+		context.AfterFunc(hctx, func() { t.Stop() })
+	})
+	defer stopWatch()
+	herr := r.handleWaiting(hctx, msg, in)
+	var ab *abandoned
+	if errors.As(herr, &ab) {
+		r.cfg.Logger.Warn("abandoning delivery (fault injection)", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", ab.err)
+		return
+	}
 	if herr == nil {
 		if r.cfg.BeforeAck != nil {
 			if err := r.cfg.BeforeAck(in); err != nil {
@@ -226,18 +359,20 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 		}
 		outcome = OutcomeSucceeded
 		r.processed.Add(1)
-		if err := msg.DoubleAck(ctx); err != nil {
+		if err := msg.DoubleAck(hctx); err != nil {
 			// The work is published; a redelivery republishes duplicates
 			// that JetStream drops.
 			r.cfg.Logger.Warn("ack failed", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", err)
 		}
 		return
 	}
-	if ctx.Err() != nil {
-		// Shutting down mid-work: let the message be redelivered.
+	if hctx.Err() != nil {
+		// Stopped, and the grace period is over: leave the message to be
+		// redelivered.
 		_ = msg.Nak()
 		return
 	}
+	ctx = hctx
 	se := classify(herr)
 	if se.Retry && in.Deliveries < r.cfg.MaxDeliver {
 		delay := se.After
@@ -252,13 +387,14 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 	}
 	// Permanent, or transient on the last allowed delivery.
 	ft := se.Type
-	if se.Retry {
+	if se.Retry && ft != events.Timeout {
 		ft = events.RetriesExhausted
 	}
 	failed := events.Failed{
 		Ref: in.Ref, Status: "failed", Stage: r.cfg.Name, FailureType: ft,
 		ErrorSummary: summary(se.Err), Deliveries: in.Deliveries,
 	}
+	failed.BranchName, failed.CommitSHA = in.pushed()
 	if err := in.Publish(ctx, events.AttemptFailed, failed); err != nil {
 		r.cfg.Logger.Warn("publishing attempt.failed failed; will retry", "stage", r.cfg.Name, "err", err)
 		_ = msg.NakWithDelay(time.Second)
@@ -272,8 +408,9 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 	return
 }
 
-// handle runs the handler while a heartbeat keeps the delivery alive.
-func (r *Runner) handle(ctx context.Context, msg jetstream.Msg, in *Input) error {
+// handleWaiting runs the handler, and again after each wait it asks for
+// (Wait), on this one delivery, while a heartbeat keeps it alive.
+func (r *Runner) handleWaiting(ctx context.Context, msg jetstream.Msg, in *Input) error {
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -288,23 +425,76 @@ func (r *Runner) handle(ctx context.Context, msg jetstream.Msg, in *Input) error
 			}
 		}
 	}()
-	return r.h.Handle(ctx, in)
+	waited := time.Duration(0)
+	for {
+		err := r.handle(ctx, in)
+		var se *Error
+		if !errors.As(err, &se) || !se.Wait {
+			return err
+		}
+		d := max(se.After, 100*time.Millisecond)
+		if waited+d > r.cfg.MaxWait {
+			// Too long to hold the message: hand it back, with the wait.
+			return RetryAfter(d, se.Err)
+		}
+		r.cfg.Logger.Info("waiting", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "for", d, "reason", se.Err)
+		r.waiting.Add(1)
+		ok := sleep(ctx, d)
+		r.waiting.Add(-1)
+		if !ok {
+			return ctx.Err()
+		}
+		waited += d
+	}
+}
+
+// abandoned is BeforeHandle's "crash": the delivery gets no answer.
+type abandoned struct{ err error }
+
+func (a *abandoned) Error() string { return "abandoned: " + a.err.Error() }
+
+// handle runs the handler once under the stage's deadline, with a panic
+// turned into a permanent failure (logged with its stack).
+func (r *Runner) handle(ctx context.Context, in *Input) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Deadline)
+	defer cancel()
+	defer func() {
+		if v := recover(); v != nil {
+			r.cfg.Logger.Error("handler panicked", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "panic", v, "stack", string(debug.Stack()))
+			err = Fail(events.ExecutionError, fmt.Errorf("the %s stage panicked: %v", r.cfg.Name, v))
+		}
+	}()
+	if r.cfg.BeforeHandle != nil {
+		if err := r.cfg.BeforeHandle(in); err != nil {
+			return &abandoned{err}
+		}
+	}
+	err = r.h.Handle(ctx, in)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && context.Cause(ctx) == context.DeadlineExceeded {
+		var se *Error
+		if !errors.As(err, &se) || se.Retry {
+			return &Error{Type: events.Timeout, Retry: true, Err: fmt.Errorf("the %s stage did not finish within %v: %w", r.cfg.Name, r.cfg.Deadline, err)}
+		}
+	}
+	return err
 }
 
 func (r *Runner) input(msg jetstream.Msg) (*Input, error) {
-	attemptID, _, err := events.ParseSubject(msg.Subject())
-	if err != nil {
-		return nil, err
-	}
 	md, err := msg.Metadata()
 	if err != nil {
 		return nil, err
 	}
-	in := &Input{
-		Subject: msg.Subject(), Data: msg.Data(), Seq: md.Sequence.Stream,
-		Deliveries: int(md.NumDelivered), pub: r.pub,
+	return r.inputOf(msg.Subject(), msg.Data(), md.Sequence.Stream, int(md.NumDelivered))
+}
+
+// inputOf is the Input of a stream message.
+func (r *Runner) inputOf(subject string, data []byte, seq uint64, deliveries int) (*Input, error) {
+	attemptID, _, err := events.ParseSubject(subject)
+	if err != nil {
+		return nil, err
 	}
-	body := msg.Data()
+	in := &Input{Subject: subject, Data: data, Seq: seq, Deliveries: deliveries, pub: r.pub}
+	body := data
 	if env, err := events.Decode(body); err == nil {
 		in.Event = env
 		body = env.Payload

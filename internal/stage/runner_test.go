@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,5 +204,48 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if _, err := NewRunner(context.Background(), res, pub, Config{Name: "x"}, HandlerFunc(nil)); err == nil {
 		t.Fatal("missing input accepted")
+	}
+}
+
+// TestStopFinishesTheMessageInHand: stopping a runner while its handler
+// works lets the handler finish and ack within the grace period, so a
+// rolling deploy spends no delivery of the message.
+func TestStopFinishesTheMessageInHand(t *testing.T) {
+	res, pub := setup(t)
+	cfg := Config{Name: "t", Input: events.RepoFetched, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Grace: 10 * time.Second}
+	started := make(chan struct{})
+	var calls atomic.Int32
+	r, err := NewRunner(context.Background(), res, pub, cfg, HandlerFunc(func(ctx context.Context, in *Input) error {
+		calls.Add(1)
+		close(started)
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return in.Publish(ctx, events.BacklogEdited, events.Edited{Ref: in.Ref})
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	publishInput(t, pub, "a-stop")
+	<-started
+	cancel() // the deploy stops the pod
+	<-done
+	waitEvent(t, res, "a-stop", events.BacklogEdited)
+	info, err := res.JS.Consumer(context.Background(), StreamName, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := info.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.NumAckPending != 0 || ci.NumRedelivered != 0 || ci.AckFloor.Stream == 0 || calls.Load() != 1 {
+		t.Fatalf("after a stop mid-handler: %d pending, %d redelivered, ack floor %d, %d calls; want it finished and acked once",
+			ci.NumAckPending, ci.NumRedelivered, ci.AckFloor.Stream, calls.Load())
 	}
 }

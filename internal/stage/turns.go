@@ -23,8 +23,9 @@ func (r *Resources) Turns(name, holder string) *Turns {
 }
 
 // Take waits up to wait for a turn. done ends it after hold (at once when
-// hold is 0); it must be called once. A holder that dies holding a turn
-// loses it after LockTTL.
+// hold is 0); it must be called once. The turn is renewed while held, so
+// hold may be long (a rate limit's wait); a holder that dies holding a
+// turn loses it within LockTTL.
 func (t *Turns) Take(ctx context.Context, wait time.Duration) (done func(hold time.Duration), err error) {
 	unlock, err := t.res.Lock(ctx, "turns."+t.name, t.holder, wait)
 	if err != nil {

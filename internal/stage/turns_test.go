@@ -10,15 +10,8 @@ import (
 	"github.com/leviathan-dev/leviathan/internal/forge"
 )
 
-// The turns satisfy the forge's interface, and a turn's lock outlives the
-// longest turn the forge may take.
+// The turns satisfy the forge's interface.
 var _ forge.Turns = (*Turns)(nil)
-
-func TestTurnLockOutlivesTheLongestTurn(t *testing.T) {
-	if LockTTL <= forge.MaxTurn {
-		t.Fatalf("LockTTL %v, forge.MaxTurn %v: a turn's lock could lapse while it is held", LockTTL, forge.MaxTurn)
-	}
-}
 
 // TestTurns: one turn at a time; a turn held on after its work keeps the
 // next one waiting that long, by the holder's timer; another name is

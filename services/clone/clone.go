@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -48,8 +49,10 @@ func New(res *stage.Resources, pub *stage.Publisher, cfg Config) *Service {
 }
 
 // StageConfig is the runner configuration of this stage.
+// Its deadline is longer than the other stages': a shallow fetch of a
+// large repository (when the server has no partial clone) takes a while.
 func StageConfig() stage.Config {
-	return stage.Config{Name: "clone", Input: events.AttemptRequested}
+	return stage.Config{Name: "clone", Input: events.AttemptRequested, Deadline: 10 * time.Minute}
 }
 
 // BaseSnapshot is the Object Store name of an attempt's fetched objects.

@@ -175,3 +175,16 @@ func commitsBetween(ctx context.Context, bare, baseSHA, headSHA string) (int, er
 	}
 	return strconv.Atoi(strings.TrimSpace(string(out)))
 }
+
+// Branch returns the commit at the tip of branch in owner/name, or "" when
+// there is no such branch.
+func (f *Forge) Branch(owner, name, branch string) (string, error) {
+	if !f.repoExists(owner, name) {
+		return "", fmt.Errorf("%w: %s/%s", ErrRepoNotFound, owner, name)
+	}
+	out, err := gitOutput(context.Background(), f.RepoDir(owner, name), nil, "rev-parse", "--verify", "--quiet", "refs/heads/"+branch)
+	if err != nil {
+		return "", nil
+	}
+	return strings.TrimSpace(string(out)), nil
+}

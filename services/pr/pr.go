@@ -39,13 +39,12 @@ func StageConfig() stage.Config {
 // Title is the pull request title of PR Proof v1.
 func Title(req *events.Request) string { return "Leviathan: " + req.Task.Title }
 
-// The per-repository lock of Handle: how long to wait for another
-// replica's turn before handing the message back to NATS, when to try
-// again, and the longest a turn may take (well below stage.LockTTL, after
-// which a dead holder's lock lapses).
+// The per-repository lock of Handle: how long to wait in one go for
+// another holder, when to try again (waiting, which spends none of the
+// attempt's deliveries), and the longest the work under it may take.
 const (
 	lockWait  = 15 * time.Second
-	lockRetry = 5 * time.Second
+	lockRetry = time.Second
 	lockHold  = 90 * time.Second
 )
 
@@ -99,7 +98,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	unlock, err := s.res.Lock(ctx, "pr."+lockName(req), "attempt "+req.AttemptID, lockWait)
 	switch {
 	case errors.Is(err, stage.ErrLocked):
-		return stage.RetryAfter(lockRetry, err)
+		return stage.Wait(lockRetry, err)
 	case err != nil:
 		return stage.Retry(err)
 	}
@@ -216,6 +215,10 @@ func classify(err error) error {
 	switch {
 	case errors.As(err, &se):
 		return err
+	case errors.As(err, &re) && (errors.Is(err, forge.ErrRateLimited) || errors.Is(err, forge.ErrPaced)):
+		// The forge said to wait, or another call has the account's turn:
+		// waiting, not failing.
+		return stage.Wait(re.After, err)
 	case errors.As(err, &re):
 		return stage.RetryAfter(re.After, err)
 	case errors.Is(err, forge.ErrAuth):

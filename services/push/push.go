@@ -65,13 +65,31 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	}
 	req, repo, content := b.Req, b.Repo, b.Objects[0]
 	// The commit time is the edit event's time, so a redelivered push
-	// rebuilds the identical commit and the re-push is a no-op.
-	sig := object.Signature{Name: s.cfg.AuthorName, Email: s.cfg.AuthorEmail, When: in.Event.Timestamp}
+	// rebuilds the identical commit and the re-push is a no-op. A retry
+	// (`leviathan retry`) takes the failed attempt's edit time: when the
+	// base and the task are unchanged, it builds that attempt's commit
+	// again and reuses its pushed branch.
+	when := in.Event.Timestamp
+	rf := req.ResumeFrom
+	if rf != nil {
+		if m, err := s.res.Stream.GetLastMsgForSubject(ctx, events.Subject(rf.AttemptID, events.BacklogEdited)); err == nil {
+			if env, err := events.Decode(m.Data); err == nil {
+				when = env.Timestamp
+			}
+		}
+	}
+	sig := object.Signature{Name: s.cfg.AuthorName, Email: s.cfg.AuthorEmail, When: when}
 	commit, err := repo.Commit(plumbing.NewHash(edited.BaseCommit), edited.Path, content, gitx.CommitMeta{
 		Message: fmt.Sprintf("Leviathan: Propose task %s\n", req.Task.ID), Author: sig, Committer: sig,
 	})
 	if err != nil {
 		return stage.Fail(events.ExecutionError, fmt.Errorf("build commit: %w", err))
+	}
+	branch := req.BranchName
+	if rf != nil && commit.Hash.String() != rf.CommitSHA {
+		// The base moved (or the task changed) since: the old branch holds
+		// another commit, so this attempt pushes its own branch.
+		branch = events.DefaultBranchPrefix + req.AttemptID
 	}
 	if bad := outside(req.Task.AllowedPaths, commit.ChangedPaths); len(bad) > 0 {
 		return stage.Failf(events.PathViolation, "changed paths %s are outside allowed_paths %s",
@@ -100,13 +118,13 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	}
 	remote := s.cfg.Git
 	remote.URL = req.Target.RepoURL
-	res, err := gitx.Push(ctx, remote, req.BranchName, commit)
+	res, err := gitx.Push(ctx, remote, branch, commit)
 	if err != nil {
 		ft, retry := gitx.Classify(err)
 		return stage.Classified(err, ft, retry)
 	}
 	return in.Publish(ctx, events.BranchPushed, events.Pushed{
-		Ref: req.Ref, BranchName: req.BranchName, CommitSHA: commit.Hash.String(),
+		Ref: req.Ref, BranchName: branch, CommitSHA: commit.Hash.String(),
 		ChangedPaths: commit.ChangedPaths, UpToDate: res.UpToDate,
 	})
 }
