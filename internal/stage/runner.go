@@ -79,7 +79,8 @@ type Config struct {
 	// MaxDeliver bounds deliveries of one message (default 5).
 	MaxDeliver int
 	// AckWait is how long a delivery may go without an ack or a progress
-	// heartbeat before it is redelivered (default 30 s).
+	// heartbeat before it is redelivered (default 10 s: a crashed worker's
+	// message goes to another within seconds).
 	AckWait time.Duration
 	// RetryDelays are the delays before redelivering after a transient
 	// error, indexed by delivery count (default 1 s, 5 s, 15 s, 30 s).
@@ -117,7 +118,7 @@ func (c *Config) setDefaults() {
 		c.MaxDeliver = 5
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+		c.AckWait = 10 * time.Second
 	}
 	if c.Deadline <= 0 {
 		c.Deadline = 2 * time.Minute

@@ -71,7 +71,6 @@ func New(src Source, res *stage.Resources, cfg Config) *API {
 // Limits of the list routes and of ingest.
 const (
 	defaultListLimit = 10
-	maxListLimit     = 1000
 	maxIngestBytes   = 8 << 20
 	maxIngestEvents  = 1000
 	maxEventsShown   = 200 // events of one attempt in GET /v1/attempts/{id}
@@ -175,46 +174,107 @@ func (a *API) summary(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(a.p.Graph().SummaryJSON())
 }
 
-// limit reads the limit query parameter: def when absent, 422 when it is
-// not a positive integer, at most max.
-func limit(w http.ResponseWriter, r *http.Request, def, max int) (int, bool) {
-	s := r.URL.Query().Get("limit")
-	if s == "" {
+// limit reads the limit query parameter as upstream's FastAPI does: def
+// when absent, an integer (sign and surrounding spaces allowed) or 422.
+// What it means is the list's own (keep).
+func limit(w http.ResponseWriter, r *http.Request, def int) (int, bool) {
+	s := strings.TrimSpace(r.URL.Query().Get("limit"))
+	if !r.URL.Query().Has("limit") {
 		return def, true
 	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		writeDetail(w, http.StatusUnprocessableEntity, "limit must be a positive integer")
+	n, err := strconv.Atoi(strings.TrimPrefix(s, "+"))
+	if err != nil {
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": []map[string]any{{
+			"type": "int_parsing", "loc": []string{"query", "limit"},
+			"msg": "Input should be a valid integer, unable to parse string as an integer", "input": r.URL.Query().Get("limit"),
+		}}})
 		return 0, false
 	}
-	return min(n, max), true
+	return n, true
 }
 
+// keep is upstream's items[:limit] over a list of total items, newest
+// first: limit 0 keeps none, a negative limit drops that many of the
+// oldest.
+func keep(limit, total int) int {
+	if limit < 0 {
+		return max(total+limit, 0)
+	}
+	return min(limit, total)
+}
+
+// all is a limit larger than any list.
+const all = int(^uint(0) >> 1)
+
 func (a *API) attempts(w http.ResponseWriter, r *http.Request) {
-	n, ok := limit(w, r, defaultListLimit, maxListLimit)
+	n, ok := limit(w, r, defaultListLimit)
 	if !ok {
 		return
 	}
-	list := a.p.Graph().Attempts(r.URL.Query().Get("target"), n)
+	target := r.URL.Query().Get("target")
+	g := a.p.Graph()
+	if n < 0 {
+		n = keep(n, len(g.Attempts(target, all)))
+	}
+	list := g.Attempts(target, n)
 	writeJSON(w, http.StatusOK, map[string]any{"attempts": list, "count": len(list)})
 }
 
 func (a *API) failures(w http.ResponseWriter, r *http.Request) {
-	n, ok := limit(w, r, defaultListLimit, maxListLimit)
+	n, ok := limit(w, r, defaultListLimit)
 	if !ok {
 		return
 	}
-	list := a.p.Graph().Failures(r.URL.Query().Get("target"), n)
+	target := r.URL.Query().Get("target")
+	g := a.p.Graph()
+	if n < 0 {
+		n = keep(n, len(g.Failures(target, all)))
+	}
+	list := g.Failures(target, n)
 	writeJSON(w, http.StatusOK, map[string]any{"failures": list, "count": len(list)})
 }
 
+// RecentEventView is one element of GET /v1/events/recent: upstream's
+// event_id, event_type, timestamp, actor_id and payload (read back from
+// the stream), plus the target and attempt.
+type RecentEventView struct {
+	EventID   string          `json:"event_id"`
+	EventType string          `json:"event_type"`
+	Timestamp time.Time       `json:"timestamp"`
+	ActorID   string          `json:"actor_id"`
+	Payload   json.RawMessage `json:"payload"`
+	Target    string          `json:"target"`
+	AttemptID string          `json:"attempt_id"`
+}
+
+// recent answers the newest events first, as a bare list (upstream's
+// shape; default 200). As upstream's, limit 0 is every event kept, and a
+// negative limit drops that many of the oldest. The graph keeps the
+// newest RecentEventsKept.
 func (a *API) recent(w http.ResponseWriter, r *http.Request) {
-	n, ok := limit(w, r, graph.SummaryEvents, graph.RecentEventsKept)
+	n, ok := limit(w, r, 200)
 	if !ok {
 		return
 	}
-	list := a.p.Graph().RecentEvents(n)
-	writeJSON(w, http.StatusOK, map[string]any{"events": list, "count": len(list)})
+	g := a.p.Graph()
+	kept := g.RecentEvents(graph.RecentEventsKept)
+	switch {
+	case n == 0:
+		n = len(kept)
+	case n < 0:
+		n = keep(n, len(kept))
+	}
+	list := kept[:min(n, len(kept))]
+	out := make([]RecentEventView, 0, len(list))
+	for _, e := range list {
+		v := a.readEvent(r.Context(), graph.Step{Seq: e.Seq, EventType: e.EventType, Timestamp: e.Timestamp, ActorID: e.ActorID})
+		if v.EventID == "" {
+			v.EventID = e.EventID
+		}
+		out = append(out, RecentEventView{EventID: v.EventID, EventType: e.EventType, Timestamp: e.Timestamp,
+			ActorID: e.ActorID, Payload: v.Payload, Target: e.Target, AttemptID: e.AttemptID})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // EventView is one event of GET /v1/attempts/{id}, read back from the
@@ -236,7 +296,8 @@ func (a *API) attempt(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	d, ok := a.p.Graph().Attempt(id)
 	if !ok {
-		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Attempt %s not found", id))
+		// As upstream: an attempt nobody has heard of is an empty answer.
+		writeJSON(w, http.StatusOK, map[string]any{"attempt_node": nil, "events": []EventView{}, "artifacts": []graph.NodeView{}})
 		return
 	}
 	evs := make([]EventView, 0, len(d.Steps))

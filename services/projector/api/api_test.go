@@ -105,10 +105,8 @@ func TestRouteErrors(t *testing.T) {
 		{"GET", "/v1/events/ingest", "", 405},
 		{"GET", "/v1/attempts/a-0000001/invalidate", "", 405},
 		{"GET", "/v1/attempts?limit=abc", "", 422},
-		{"GET", "/v1/attempts?limit=0", "", 422},
-		{"GET", "/v1/failures?limit=-3", "", 422},
+		{"GET", "/v1/failures?limit=", "", 422},
 		{"GET", "/v1/events/recent?limit=1.5", "", 422},
-		{"GET", "/v1/attempts/no-such-attempt", "", 404},
 		{"POST", "/v1/attempts/a-0000001/invalidate", "", 422},
 		{"POST", "/v1/attempts/a-0000001/invalidate", "{}", 422},
 		{"POST", "/v1/attempts/a-0000001/invalidate", `{"reason":"  "}`, 422},
@@ -173,9 +171,43 @@ func TestListRoutes(t *testing.T) {
 		}
 	}
 
-	_, body, _ = r.do(t, "GET", "/v1/events/recent?limit=30", bearer, "")
-	if body["count"].(float64) != 30 || body["events"].([]any)[0].(map[string]any)["event_id"] == "" {
-		t.Fatalf("recent %v", body["count"])
+	recent := func(q string) []map[string]any {
+		t.Helper()
+		status, raw := r.get(t, "/v1/events/recent"+q, testToken)
+		var list []map[string]any
+		if err := json.Unmarshal(raw, &list); status != 200 || err != nil {
+			t.Fatalf("GET /v1/events/recent%s: %d %v", q, status, err)
+		}
+		return list
+	}
+	// Upstream's shape: a bare list, newest first, each event with its
+	// payload; its limits: 0 is all, -n drops the n oldest.
+	got := recent("?limit=30")
+	if len(got) != 30 || got[0]["event_id"] == "" || got[0]["payload"] == nil || got[0]["actor_id"] == nil {
+		t.Fatalf("recent: %d events, first %v", len(got), got[0])
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i]["timestamp"].(string) > got[i-1]["timestamp"].(string) {
+			t.Fatalf("recent events not newest first at %d", i)
+		}
+	}
+	if n := len(recent("")); n != 200 {
+		t.Fatalf("default recent: %d, want 200", n)
+	}
+	if all, some := len(recent("?limit=0")), len(recent("?limit=-5")); all != graph.RecentEventsKept || some != all-5 {
+		t.Fatalf("limit=0: %d, limit=-5: %d", all, some)
+	}
+	_, everyone, _ := r.do(t, "GET", "/v1/attempts?limit=100000", bearer, "")
+	total := everyone["count"].(float64)
+	for q, want := range map[string]float64{"?limit=0": 0, "?limit=-3": total - 3, "?limit=%2B4": 4} {
+		if _, body, _ := r.do(t, "GET", "/v1/attempts"+q, bearer, ""); body["count"] != want {
+			t.Errorf("attempts%s: count %v, want %v", q, body["count"], want)
+		}
+	}
+	// An attempt nobody knows: 200 with nulls, as upstream.
+	if status, body, _ := r.do(t, "GET", "/v1/attempts/no-such-attempt", bearer, ""); status != 200 || body["attempt_node"] != nil ||
+		len(body["events"].([]any)) != 0 || len(body["artifacts"].([]any)) != 0 {
+		t.Fatalf("unknown attempt: %d %v", status, body)
 	}
 	_, sum, _ := r.do(t, "GET", "/v1/graph/summary", bearer, "")
 	if len(sum["recent_events"].([]any)) != graph.SummaryEvents || sum["nodes_by_type"].(map[string]any)["Attempt"] == nil {
@@ -188,7 +220,13 @@ func TestListRoutes(t *testing.T) {
 	_, body, _ = r.do(t, "GET", "/v1/attempts/"+id, bearer, "")
 	node := body["attempt_node"].(map[string]any)
 	shown := body["events"].([]any)
-	if node["node_id"] != "attempt:"+id || node["node_type"] != "Attempt" || len(shown) < 2 {
+	props := node["properties"].(map[string]any)
+	for _, k := range []string{"node_id", "node_type", "created_at", "created_by", "attempt_number", "started_at", "completed_at", "exit_code", "failure_reason"} {
+		if _, ok := props[k]; !ok {
+			t.Errorf("attempt node properties without upstream's %s", k)
+		}
+	}
+	if node["node_id"] != id || props["node_id"] != id || node["node_type"] != "Attempt" || len(shown) < 2 {
 		t.Fatalf("attempt %v", body)
 	}
 	ev := shown[0].(map[string]any)
@@ -354,5 +392,28 @@ func TestIngestRefusesStageInputs(t *testing.T) {
 		if n := countMessages(t, res, events.Subject("a-inj", typ)); n != 0 {
 			t.Fatalf("%s: %d published", typ, n)
 		}
+	}
+}
+
+// TestTaskFailedIsAFailure: the Python workers' task.failed is listed in
+// /v1/failures, its error from the payload's reason (or error_summary).
+func TestTaskFailedIsAFailure(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	bundle := `{"target": "radix", "bundle_id": "b-tf", "events": [
+		{"event_id": "e-tf", "event_type": "task.failed", "timestamp": "2026-01-28T12:00:00", "actor_id": "worker-1",
+		 "payload": {"attempt_id": "attempt-docs-guide-1a2b3c4d", "task_id": "docs-guide", "target_id": "radix", "reason": "tests failed"}}]}`
+	if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bundle); status != 200 || body["ingested"] != 1.0 {
+		t.Fatalf("ingest: %d %v", status, body)
+	}
+	_, body, _ := r.do(t, "GET", "/v1/failures", bearer, "")
+	fs := body["failures"].([]any)
+	if len(fs) != 1 {
+		t.Fatalf("failures %v", body)
+	}
+	f := fs[0].(map[string]any)
+	if f["attempt_id"] != "attempt-docs-guide-1a2b3c4d" || f["error"] != "tests failed" || f["event_type"] != "task.failed" || f["target"] != "radix" {
+		t.Fatalf("failure %v", f)
 	}
 }

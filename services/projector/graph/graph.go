@@ -228,6 +228,7 @@ type recentEvent struct {
 	actor   sym
 	target  sym
 	attempt string
+	seq     uint64 // stream sequence, to read the event back
 }
 
 // New returns an empty graph.
@@ -318,7 +319,7 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 			g.countStatus(0, 1)
 		}
 	}
-	e := recentEvent{ts: r.ts, typ: typ, actor: actor, target: tgt}
+	e := recentEvent{ts: r.ts, typ: typ, actor: actor, target: tgt, seq: r.seq}
 	if isUUID {
 		e.uid, e.isUUID = uid, true
 	} else {
@@ -484,6 +485,9 @@ func (g *Graph) Reserve(n int) {
 	g.byAttempt = make(map[string]*attempt, n/6)
 }
 
+// TaskFailed is the Python system's task-level failure event.
+const TaskFailed events.Type = "task.failed"
+
 // project updates nodes and edges for the attempt's new event.
 func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 	switch t {
@@ -502,6 +506,16 @@ func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 		}
 		g.setStatus(a, g.syms.of("rejected"))
 		g.fail(a, r, typ, g.syms.of("clone"), g.syms.of(string(events.InvalidRequest)), summary)
+		return
+	case TaskFailed:
+		// The Python workers' task-level failure: listed with the
+		// failures (error from the payload's error_summary, error or
+		// reason), the attempt's own status untouched.
+		summary := string(r.summary)
+		if summary == "" {
+			summary = string(r.reason)
+		}
+		g.fail(a, r, typ, 0, g.syms.of("task_failed"), summary)
 		return
 	case events.AttemptCreated, events.AttemptStarted, events.RepoFetched, events.BacklogEdited,
 		events.BacklogUnchanged, events.BranchPushed, events.PRCreated, events.AttemptSucceeded,
@@ -786,6 +800,8 @@ type RecentEvent struct {
 	ActorID   string    `json:"actor_id"`
 	Target    string    `json:"target"`
 	AttemptID string    `json:"attempt_id"`
+	// Seq is the event's stream sequence (not in the summary's JSON).
+	Seq uint64 `json:"-"`
 }
 
 // Summary is the body of GET /v1/graph/summary.
@@ -858,7 +874,7 @@ func (g *Graph) recentLocked(limit int) []RecentEvent {
 		e := g.ring[(g.ringNext-i+RecentEventsKept)%RecentEventsKept]
 		out = append(out, RecentEvent{
 			EventID: e.eventID(), Timestamp: nanoTime(e.ts), EventType: g.syms.str(e.typ),
-			ActorID: g.syms.str(e.actor), Target: g.syms.str(e.target), AttemptID: e.attempt,
+			ActorID: g.syms.str(e.actor), Target: g.syms.str(e.target), AttemptID: e.attempt, Seq: e.seq,
 		})
 	}
 	return out

@@ -40,7 +40,7 @@ func TestOneAttempt(t *testing.T) {
 		t.Fatal("no attempt node")
 	}
 	p := d.Node.Properties
-	if d.Node.NodeID != "attempt:a-0000007" || p["status"] != "succeeded" || p["target"] != "atlas" || p["task_id"] != "T-2" ||
+	if d.Node.NodeID != "a-0000007" || p["status"] != "succeeded" || p["target"] != "atlas" || p["task_id"] != "T-2" ||
 		*p["pr_url"].(*string) != "https://github.com/leviathan-dev/atlas/pull/8" {
 		t.Fatalf("attempt node %+v", d.Node)
 	}

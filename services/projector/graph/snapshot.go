@@ -30,7 +30,7 @@ const (
 	// SnapshotVersion changes with any change of the layout or of what the
 	// graph derives from events: a snapshot of another version is ignored
 	// and the stream replayed from the start.
-	SnapshotVersion = 1
+	SnapshotVersion = 2
 )
 
 // errSnapshotVersion is returned for a snapshot of another format version.
@@ -149,6 +149,7 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 		w.uint(uint64(e.actor))
 		w.uint(uint64(e.target))
 		w.str(e.attempt)
+		w.uint(e.seq)
 	}
 	ids := g.seen.appendTo(make([]uuid.UUID, 0, g.seen.len()))
 	other := make([]string, 0, len(g.seenOther))
@@ -329,7 +330,7 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 		default:
 			r.fail("bad event id")
 		}
-		e.ts, e.typ, e.actor, e.target, e.attempt = r.int(), symOf(), symOf(), symOf(), r.str()
+		e.ts, e.typ, e.actor, e.target, e.attempt, e.seq = r.int(), symOf(), symOf(), symOf(), r.str(), r.uint()
 		g.ring[i] = e
 	}
 	n = r.count(16)

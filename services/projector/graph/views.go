@@ -3,6 +3,8 @@ package graph
 import (
 	"strconv"
 	"time"
+
+	"github.com/leviathan-dev/leviathan/events"
 )
 
 // NodeView is a node as the API returns it, in the Python control plane's
@@ -163,10 +165,28 @@ func (g *Graph) IsAttemptNode(id string) bool {
 	return a != nil && a.node
 }
 
+// attemptView is the Attempt node as upstream's API returns it: node_id is
+// the attempt id, and the properties carry upstream's schema (node_id,
+// node_type, created_at, created_by, attempt_id, task_id, attempt_number,
+// status, started_at, completed_at, exit_code, failure_reason) and ours
+// besides (target, timestamp, pr_url, pr_number, failure_type, ...).
 func (g *Graph) attemptView(a *attempt) NodeView {
 	it := g.item(a, false)
+	var started, completed any
+	for _, st := range a.steps {
+		switch events.Type(g.syms.str(st.typ)) {
+		case events.AttemptStarted:
+			if started == nil {
+				started = nanoTime(st.ts)
+			}
+		case events.AttemptSucceeded, events.AttemptFailed:
+			completed = nanoTime(st.ts)
+		}
+	}
 	props := map[string]any{
-		"attempt_id": a.id, "target": it.Target, "task_id": it.TaskID, "status": it.Status,
+		"node_id": a.id, "node_type": NodeAttempt, "created_at": it.Timestamp, "created_by": nil,
+		"attempt_id": a.id, "target": it.Target, "task_id": it.TaskID, "attempt_number": 1, "status": it.Status,
+		"started_at": started, "completed_at": completed, "exit_code": nil, "failure_reason": nil,
 		"timestamp": it.Timestamp, "pr_url": it.PRURL, "pr_number": it.PRNumber,
 	}
 	if it.FailureType != "" || it.Error != "" {
@@ -177,7 +197,7 @@ func (g *Graph) attemptView(a *attempt) NodeView {
 		props["invalidation_reason"] = a.reason
 	}
 	created, updated := it.Timestamp, it.UpdatedAt
-	return NodeView{NodeID: it.NodeID, NodeType: NodeAttempt, Properties: props, CreatedAt: &created, UpdatedAt: &updated}
+	return NodeView{NodeID: a.id, NodeType: NodeAttempt, Properties: props, CreatedAt: &created, UpdatedAt: &updated}
 }
 
 func (g *Graph) commitView(c *commit) NodeView {
