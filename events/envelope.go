@@ -2,9 +2,11 @@ package events
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -41,9 +43,30 @@ func EventID(attemptID string, t Type) string {
 }
 
 // Subject is the subject an event of type t for an attempt is published on.
+//
+// An attempt id made elsewhere (ingest: upstream's ids may hold dots) is
+// carried in the subject encoded (SubjectToken); ParseSubject decodes it.
 func Subject(attemptID string, t Type) string {
-	return SubjectPrefix + "." + attemptID + "." + string(t)
+	return SubjectPrefix + "." + SubjectToken(attemptID) + "." + string(t)
 }
+
+// SubjectToken is the subject token of an attempt id: the id itself when
+// it is one of ours (ValidAttemptID), else "~" and the id's bytes in hex,
+// which no id of ours can be and every id round-trips through.
+func SubjectToken(attemptID string) string {
+	if ValidAttemptID(attemptID) {
+		return attemptID
+	}
+	return "~" + hex.EncodeToString([]byte(attemptID))
+}
+
+// externalIDPattern is what an attempt id made elsewhere may be: upstream's
+// attempt-<task_id>-<hex>, task ids with dots or colons included.
+var externalIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.:@+=-]{1,128}$`)
+
+// ValidExternalAttemptID reports whether id may name an attempt that an
+// outside producer reports (ingest): ours, or upstream's forms.
+func ValidExternalAttemptID(id string) bool { return externalIDPattern.MatchString(id) }
 
 // SubjectFilter is the subject filter that matches events of type t for all
 // attempts (the filter of a stage's consumer).
@@ -53,7 +76,7 @@ func SubjectFilter(t Type) string {
 
 // AttemptSubjects matches every event of one attempt.
 func AttemptSubjects(attemptID string) string {
-	return SubjectPrefix + "." + attemptID + ".>"
+	return SubjectPrefix + "." + SubjectToken(attemptID) + ".>"
 }
 
 // ParseSubject splits an event subject into its attempt id and event type.
@@ -65,6 +88,13 @@ func ParseSubject(subject string) (attemptID string, t Type, err error) {
 	attemptID, typ, ok := strings.Cut(rest, ".")
 	if !ok || attemptID == "" || typ == "" {
 		return "", "", fmt.Errorf("events: subject %q has no attempt id and event type", subject)
+	}
+	if enc, ok := strings.CutPrefix(attemptID, "~"); ok {
+		b, err := hex.DecodeString(enc)
+		if err != nil || !ValidExternalAttemptID(string(b)) {
+			return "", "", fmt.Errorf("events: subject %q has a badly encoded attempt id", subject)
+		}
+		attemptID = string(b)
 	}
 	return attemptID, Type(typ), nil
 }

@@ -140,3 +140,19 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestSubjectTokenRoundTrips(t *testing.T) {
+	for _, id := range []string{"a-1", "attempt-docs.v2-1a2b3c4d", "x:y@z+w=v", "a.b.c"} {
+		subj := Subject(id, AttemptCreated)
+		got, typ, err := ParseSubject(subj)
+		if err != nil || got != id || typ != AttemptCreated || strings.Count(subj, ".") != 4 {
+			t.Errorf("%q: subject %q parsed as %q %q %v", id, subj, got, typ, err)
+		}
+	}
+	if s := Subject("a-1", AttemptCreated); s != "leviathan.attempts.a-1.attempt.created" {
+		t.Errorf("our ids are not encoded: %s", s)
+	}
+	if _, _, err := ParseSubject("leviathan.attempts.~zz.attempt.created"); err == nil {
+		t.Error("a bad encoding parsed")
+	}
+}

@@ -213,6 +213,15 @@ func TestListRoutes(t *testing.T) {
 	if len(sum["recent_events"].([]any)) != graph.SummaryEvents || sum["nodes_by_type"].(map[string]any)["Attempt"] == nil {
 		t.Fatalf("summary %v", sum)
 	}
+	// What upstream's leviathanctl graph-summary reads.
+	total = 0.0
+	for _, n := range sum["nodes_by_type"].(map[string]any) {
+		total += n.(float64)
+	}
+	if sum["total_nodes"] != total || sum["total_edges"].(float64) == 0 ||
+		fmt.Sprint(sum["node_types"]) != fmt.Sprint(sum["nodes_by_type"]) || fmt.Sprint(sum["edge_types"]) != fmt.Sprint(sum["edges_by_type"]) {
+		t.Fatalf("leviathanctl's keys: %v", sum)
+	}
 
 	// One attempt: its node, every event read back from the stream, and
 	// what it produced.
@@ -415,5 +424,32 @@ func TestTaskFailedIsAFailure(t *testing.T) {
 	f := fs[0].(map[string]any)
 	if f["attempt_id"] != "attempt-docs-guide-1a2b3c4d" || f["error"] != "tests failed" || f["event_type"] != "task.failed" || f["target"] != "radix" {
 		t.Fatalf("failure %v", f)
+	}
+}
+
+// TestUpstreamAttemptIDs: the PR Proof worker's four bundles for an
+// attempt id as upstream's dev_autonomy makes it (its task id has a dot)
+// are ingested; the subject carries the id encoded, and the API shows it
+// as it was sent.
+func TestUpstreamAttemptIDs(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	const id = "attempt-docs.v2-1a2b3c4d"
+	for i, typ := range []string{"attempt.created", "attempt.started", "pr.created", "attempt.succeeded"} {
+		payload := fmt.Sprintf(`{"attempt_id": %q, "task_id": "docs.v2", "target_id": "radix", "status": "x", "attempt_number": 1,
+			"pr_number": 7, "pr_url": "https://github.com/o/radix/pull/7"}`, id)
+		b := pythonBundle(id, fmt.Sprint("e-dot-", i), typ, fmt.Sprintf("2026-01-28T12:00:0%d.000000", i), payload)
+		if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, b); status != 200 || body["ingested"] != 1.0 {
+			t.Fatalf("bundle %d (%s): %d %v", i, typ, status, body)
+		}
+	}
+	if n := countMessages(t, res, events.Subject(id, "attempt.created")); n != 1 || !strings.Contains(events.Subject(id, "x"), "~") {
+		t.Fatalf("the attempt's subject: %d messages on %s", n, events.Subject(id, "attempt.created"))
+	}
+	_, body, _ := r.do(t, "GET", "/v1/attempts/"+id, bearer, "")
+	node, _ := body["attempt_node"].(map[string]any)
+	if node == nil || node["node_id"] != id || len(body["events"].([]any)) != 4 || node["properties"].(map[string]any)["status"] != "succeeded" {
+		t.Fatalf("attempt %s: %v", id, body)
 	}
 }

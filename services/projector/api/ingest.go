@@ -199,8 +199,8 @@ func (b *IngestBundle) envelope(raw json.RawMessage) (events.Envelope, error) {
 		return events.Envelope{}, fmt.Errorf("timestamp: %v", err)
 	}
 	attempt := firstNonEmpty(e.AttemptID, p.AttemptID)
-	if !events.ValidAttemptID(attempt) {
-		return events.Envelope{}, fmt.Errorf("attempt_id: required (in the event or its payload), matching ^[A-Za-z0-9_-]{1,128}$")
+	if !events.ValidExternalAttemptID(attempt) {
+		return events.Envelope{}, fmt.Errorf("attempt_id: required (in the event or its payload): 1 to 128 letters, digits and _ . : @ + = -")
 	}
 	return events.Envelope{
 		EventID: e.EventID, EventType: events.Type(e.EventType), Timestamp: ts,

@@ -675,7 +675,8 @@ func (g *Graph) linkPull(a *attempt, r *record) {
 // pullIdentity is the repository and number of the pull request an event
 // names. The repository is host/owner/name from pr_url
 // (https://host/owner/name/pull/N), else the payload's repo, else the
-// target; it is empty when the event names no PR. It may be built in buf.
+// target; a URL that names no number is its own identity (number 0); it
+// is empty when the event names no PR. It may be built in buf.
 func pullIdentity(r *record, buf []byte) (repo []byte, number int64) {
 	number = r.prNumber
 	if len(r.prURL) > 0 {
@@ -696,6 +697,12 @@ func pullIdentity(r *record, buf []byte) (repo []byte, number int64) {
 		}
 	}
 	if number == 0 {
+		if len(r.prURL) > 0 {
+			// A URL without a number (upstream's placeholder URLs): the
+			// URL itself is the pull request's identity, so two events
+			// with one URL make one node.
+			return r.prURL, 0
+		}
 		return nil, 0
 	}
 	if len(repo) == 0 {
@@ -774,6 +781,9 @@ func (g *Graph) commitNodeID(c *commit) string {
 }
 
 func (g *Graph) pullNodeID(p *pull) string {
+	if p.number == 0 {
+		return "pr:" + g.syms.str(p.repo) // a URL without a number
+	}
 	return "pr:" + g.syms.str(p.repo) + "#" + strconv.FormatInt(p.number, 10)
 }
 
@@ -805,10 +815,18 @@ type RecentEvent struct {
 }
 
 // Summary is the body of GET /v1/graph/summary.
+//
+// TotalNodes, TotalEdges, NodeTypes and EdgeTypes are what upstream's
+// `leviathanctl graph-summary` reads (upstream's server never sent them):
+// the totals, and the same counts as nodes_by_type and edges_by_type.
 type Summary struct {
 	NodesByType  map[string]int `json:"nodes_by_type"`
 	EdgesByType  map[string]int `json:"edges_by_type"`
 	RecentEvents []RecentEvent  `json:"recent_events"`
+	TotalNodes   int            `json:"total_nodes"`
+	TotalEdges   int            `json:"total_edges"`
+	NodeTypes    map[string]int `json:"node_types"`
+	EdgeTypes    map[string]int `json:"edge_types"`
 }
 
 // Summary counts nodes and edges by type (types with a count above zero
@@ -837,6 +855,13 @@ func (g *Graph) summaryLocked() Summary {
 		s.EdgesByType[EdgeProduced] = g.produced
 	}
 	s.RecentEvents = g.recentLocked(SummaryEvents)
+	for _, n := range s.NodesByType {
+		s.TotalNodes += n
+	}
+	for _, n := range s.EdgesByType {
+		s.TotalEdges += n
+	}
+	s.NodeTypes, s.EdgeTypes = s.NodesByType, s.EdgesByType
 	return s
 }
 

@@ -294,3 +294,28 @@ func TestAttemptsByStatus(t *testing.T) {
 		t.Fatalf("restored by status %v, want %v", got, want)
 	}
 }
+
+// TestPullRequestWithoutNumber: a pr.created with only a URL (upstream's
+// placeholder URLs) makes a PullRequest node, and two with one URL make
+// one.
+func TestPullRequestWithoutNumber(t *testing.T) {
+	g := New()
+	at := time.Date(2026, 1, 28, 12, 0, 0, 0, time.UTC)
+	for i, attempt := range []string{"attempt-1", "attempt-2", "attempt-3"} {
+		url := "https://github.com/org/repo/pull/placeholder"
+		if i == 2 {
+			url = "https://github.com/org/other/pull/placeholder"
+		}
+		for j, typ := range []string{"attempt.created", "pr.created"} {
+			g.Apply(events.Envelope{EventID: fmt.Sprintf("e-%d-%d", i, j), EventType: events.Type(typ), Timestamp: at, AttemptID: attempt,
+				TargetID: "radix", Payload: json.RawMessage(fmt.Sprintf(`{"attempt_id":%q,"pr_url":%q,"title":"t","state":"open"}`, attempt, url))})
+		}
+	}
+	if n := g.Summary().NodesByType[NodePullRequest]; n != 2 {
+		t.Fatalf("%d PullRequest nodes, want 2 (one per URL)", n)
+	}
+	d, _ := g.Attempt("attempt-1")
+	if len(d.Artifacts) != 1 || d.Artifacts[0].Properties["pr_number"] != nil || d.Artifacts[0].Properties["pr_url"] != "https://github.com/org/repo/pull/placeholder" {
+		t.Fatalf("artifacts %+v", d.Artifacts)
+	}
+}

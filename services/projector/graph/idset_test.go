@@ -117,6 +117,9 @@ func pullIdentityReference(r *record) (repo string, number int64) {
 		}
 	}
 	if number == 0 {
+		if len(r.prURL) > 0 {
+			return string(r.prURL), 0 // the URL is the identity
+		}
 		return "", 0
 	}
 	if repo == "" {

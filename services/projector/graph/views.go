@@ -112,7 +112,10 @@ func (g *Graph) item(a *attempt, steps bool) AttemptItem {
 	if n := len(a.pulls); n > 0 {
 		p := a.pulls[n-1]
 		u, num := g.pullURL(p), p.number
-		it.PRURL, it.PRNumber = &u, &num
+		it.PRURL = &u
+		if num != 0 {
+			it.PRNumber = &num
+		}
 	}
 	if n := len(a.commits); n > 0 {
 		it.CommitSHA = a.commits[n-1].sha
@@ -207,8 +210,12 @@ func (g *Graph) commitView(c *commit) NodeView {
 }
 
 func (g *Graph) pullView(p *pull) NodeView {
+	var number any = p.number
+	if p.number == 0 {
+		number = nil
+	}
 	return NodeView{NodeID: g.pullNodeID(p), NodeType: NodePullRequest, Properties: map[string]any{
-		"pr_number": p.number, "pr_url": g.pullURL(p), "repo": g.syms.str(p.repo),
+		"pr_number": number, "pr_url": g.pullURL(p), "repo": g.syms.str(p.repo),
 		"title": p.title, "state": g.syms.str(p.state),
 	}}
 }
