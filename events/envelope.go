@@ -16,8 +16,23 @@ import (
 // SubjectPrefix is the first two tokens of every event subject.
 const SubjectPrefix = "leviathan.attempts"
 
-// StreamSubjects is what the LEVIATHAN_EVENTS stream captures.
+// StreamSubjects are the attempts' events in the LEVIATHAN_EVENTS stream.
 const StreamSubjects = SubjectPrefix + ".>"
+
+// RecordPrefix is the subject prefix of record events: what outside
+// producers report that belongs to no attempt (target.registered,
+// task.created, artifact.created), on leviathan.records.<event_type>. No
+// stage consumes them.
+const RecordPrefix = "leviathan.records"
+
+// RecordSubjects are the record events in the stream.
+const RecordSubjects = RecordPrefix + ".>"
+
+// AllStreamSubjects is what the LEVIATHAN_EVENTS stream captures.
+var AllStreamSubjects = []string{StreamSubjects, RecordSubjects}
+
+// RecordSubject is the subject of a record event of type t.
+func RecordSubject(t Type) string { return RecordPrefix + "." + string(t) }
 
 // Envelope is the JSON wrapper of every event. Payload holds the event's
 // payload struct (see types.go) as raw JSON, so an envelope can be decoded

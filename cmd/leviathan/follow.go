@@ -58,7 +58,7 @@ func cmdWatch(ctx context.Context, args []string, env environment, stdout, stder
 
 // followAll prints every event as it arrives until ctx ends.
 func followAll(ctx context.Context, js jetstream.JetStream, fromStart bool, out io.Writer) error {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.StreamSubjects}, DeliverPolicy: jetstream.DeliverNewPolicy}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: events.AllStreamSubjects, DeliverPolicy: jetstream.DeliverNewPolicy}
 	if fromStart {
 		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
 	}

@@ -121,7 +121,7 @@ func durable(pub, sub set, name string) {
 // service's inbox).
 func emits(pub set, types ...events.Type) {
 	for _, t := range types {
-		pub.add(events.Subject("*", t))
+		pub.add(events.SubjectFilter(t))
 	}
 }
 
@@ -194,7 +194,7 @@ func For(user string) (p Permissions, ok bool) {
 		streamRead(pub, stream)
 		orderedConsumers(pub, stream)
 		objWrite(pub, stage.ProjectorBucket)
-		pub.add(events.StreamSubjects)
+		pub.add(events.StreamSubjects, events.RecordSubjects)
 		return Permissions{Publish: pub.list(), PublishDeny: append(durableDenies(), stageInputDenies()...),
 			Subscribe: append(sub.list(), microSubjects("projector")...), AllowResponses: true}, true
 	default:
@@ -227,7 +227,7 @@ func durableDenies() []string {
 func stageInputDenies() []string {
 	var out []string
 	for _, t := range events.StageInputs {
-		out = append(out, events.Subject("*", t))
+		out = append(out, events.SubjectFilter(t))
 	}
 	sort.Strings(out)
 	return out

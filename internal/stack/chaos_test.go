@@ -301,7 +301,7 @@ func runChaos(t *testing.T, bin, natsBin string, n int, rng *rand.Rand) chaosRes
 		if err != nil {
 			return -1
 		}
-		info, err := st.Info(ctx, jetstream.WithSubjectFilter(events.Subject("*", typ)))
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(events.SubjectFilter(typ)))
 		if err != nil {
 			return -1
 		}

@@ -93,7 +93,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg ResourceConfig) erro
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Leviathan attempt lifecycle events",
-		Subjects:    []string{events.StreamSubjects},
+		Subjects:    events.AllStreamSubjects,
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		MaxAge:      cfg.MaxAge,

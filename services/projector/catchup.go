@@ -99,7 +99,7 @@ type span struct {
 // consumer reads (direct gets read every message), and the server answers
 // batched ones (2.11 and later).
 func (p *Projector) canCatchUp(info *jetstream.StreamInfo) bool {
-	if p.replay.off || !info.Config.AllowDirect || !slices.Equal(info.Config.Subjects, []string{events.StreamSubjects}) {
+	if p.replay.off || !info.Config.AllowDirect || !slices.Equal(info.Config.Subjects, events.AllStreamSubjects) {
 		return false
 	}
 	return versionAtLeast(p.res.JS.Conn().ConnectedServerVersion(), 2, 11)

@@ -193,7 +193,7 @@ func (p *Projector) run(ctx context.Context) error {
 // tail applies the stream from sequence start with an ordered consumer
 // until ctx is done.
 func (p *Projector) tail(ctx context.Context, start uint64) error {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.StreamSubjects}}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: events.AllStreamSubjects}
 	if start > 1 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
 	}

@@ -453,3 +453,42 @@ func TestUpstreamAttemptIDs(t *testing.T) {
 		t.Fatalf("attempt %s: %v", id, body)
 	}
 }
+
+// TestRecordEventsMakeNodes: events that belong to no attempt, as
+// upstream's producers send them (target.registered, task.created), are
+// ingested on their own subjects, which no stage consumes, and make the
+// Target and Task nodes and the task's DEPENDS_ON edge.
+func TestRecordEventsMakeNodes(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	bundle := `{"target": "radix", "bundle_id": "b-rec", "events": [
+		{"event_id": "e-t", "event_type": "target.registered", "timestamp": "2026-01-28T12:00:00", "actor_id": "test-actor",
+		 "payload": {"target_id": "radix", "name": "radix", "repo_url": "https://github.com/o/radix.git", "default_branch": "main"}},
+		{"event_id": "e-k1", "event_type": "task.created", "timestamp": "2026-01-28T12:00:01", "actor_id": "test-actor",
+		 "payload": {"target_id": "radix", "task_id": "task-001", "title": "One", "scope": "docs", "priority": "high",
+		             "estimated_size": "s", "allowed_paths": ["docs/"], "acceptance_criteria": ["done"]}},
+		{"event_id": "e-k2", "event_type": "task.created", "timestamp": "2026-01-28T12:00:02", "actor_id": "test-actor",
+		 "payload": {"target_id": "radix", "task_id": "task-002", "title": "Two"}},
+		{"event_id": "e-bad", "event_type": "attempt.started", "timestamp": "2026-01-28T12:00:03", "payload": {"status": "running"}}]}`
+	status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bundle)
+	if status != 200 || body["ingested"] != 3.0 || len(body["skipped"].([]any)) != 1 {
+		t.Fatalf("ingest: %d %v", status, body)
+	}
+	info, err := res.Stream.Info(t.Context(), jetstream.WithSubjectFilter(events.RecordSubjects))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[events.RecordSubject("task.created")] + info.State.Subjects[events.RecordSubject("target.registered")]; n != 3 {
+		t.Fatalf("%d record events stored, want 3: %v", n, info.State.Subjects)
+	}
+	_, sum, _ := r.do(t, "GET", "/v1/graph/summary", bearer, "")
+	nodes, edges := sum["nodes_by_type"].(map[string]any), sum["edges_by_type"].(map[string]any)
+	if nodes["Target"] != 1.0 || nodes["Task"] != 2.0 || edges["DEPENDS_ON"] != 2.0 {
+		t.Fatalf("summary %v", sum)
+	}
+	recent := sum["recent_events"].([]any)[0].(map[string]any)
+	if recent["event_type"] != "task.created" || recent["actor_id"] != "test-actor" || recent["target"] != "radix" {
+		t.Fatalf("recent %v", recent)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -95,7 +96,13 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 	futures := make([]jetstream.PubAckFuture, 0, len(envs))
 	for _, env := range envs {
 		data, _ := env.Marshal() // the payload was checked to be an object
-		msg := &nats.Msg{Subject: env.Subject(), Data: data, Header: nats.Header{}}
+		subject := env.Subject()
+		if env.AttemptID == "" {
+			// A record event (no attempt): its own subject, which no
+			// stage consumes.
+			subject = events.RecordSubject(env.EventType)
+		}
+		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 		f, err := a.res.JS.PublishMsgAsync(msg, jetstream.WithMsgID(env.EventID))
 		if err != nil {
 			a.unavailable(w, err)
@@ -199,8 +206,11 @@ func (b *IngestBundle) envelope(raw json.RawMessage) (events.Envelope, error) {
 		return events.Envelope{}, fmt.Errorf("timestamp: %v", err)
 	}
 	attempt := firstNonEmpty(e.AttemptID, p.AttemptID)
-	if !events.ValidExternalAttemptID(attempt) {
-		return events.Envelope{}, fmt.Errorf("attempt_id: required (in the event or its payload): 1 to 128 letters, digits and _ . : @ + = -")
+	if attempt != "" && !events.ValidExternalAttemptID(attempt) {
+		return events.Envelope{}, fmt.Errorf("attempt_id: 1 to 128 letters, digits and _ . : @ + = -")
+	}
+	if attempt == "" && strings.HasPrefix(e.EventType, "attempt.") {
+		return events.Envelope{}, fmt.Errorf("attempt_id: required for %s (in the event or its payload)", e.EventType)
 	}
 	return events.Envelope{
 		EventID: e.EventID, EventType: events.Type(e.EventType), Timestamp: ts,

@@ -332,6 +332,7 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 	g.ringNext = (g.ringNext + 1) % RecentEventsKept
 	g.ringLen = min(g.ringLen+1, RecentEventsKept)
 	if a == nil {
+		g.projectRecord(events.Type(r.typ), tgt, r)
 		return true
 	}
 	a.steps = append(a.steps, step{seq: r.seq, ts: r.ts, typ: typ, actor: actor})
@@ -483,6 +484,54 @@ func (g *Graph) Reserve(n int) {
 	}
 	g.seen.reserve(n)
 	g.byAttempt = make(map[string]*attempt, n/6)
+}
+
+// Record events: what happened outside an attempt, as upstream's
+// producers report it through ingest.
+const (
+	TargetRegistered events.Type = "target.registered"
+	TaskCreated      events.Type = "task.created"
+)
+
+// projectRecord makes the Target and Task nodes of record events (no
+// attempt): target.registered (target_id, repo_url) and task.created
+// (target_id, task_id, title; a DEPENDS_ON edge to its target).
+func (g *Graph) projectRecord(t events.Type, tgt sym, r *record) {
+	switch t {
+	case TargetRegistered:
+		if tgt == 0 {
+			return
+		}
+		tg := g.targetNode(tgt)
+		if len(r.repoURL) > 0 {
+			tg.repoURL = string(r.repoURL)
+		}
+	case TaskCreated:
+		if len(r.task) == 0 {
+			return
+		}
+		var tg *target
+		if tgt != 0 {
+			tg = g.targetNode(tgt)
+		}
+		var name sym
+		if tg != nil {
+			name = tg.name
+		}
+		k := taskKey{target: name, id: string(r.task)}
+		tk := g.byTask[k]
+		if tk == nil {
+			tk = &task{idx: int32(len(g.tasks)), target: tg, id: k.id}
+			g.byTask[k] = tk
+			g.tasks = append(g.tasks, tk)
+			if tg != nil {
+				g.dependsOn++ // task → target
+			}
+		}
+		if tk.title == "" && len(r.prTitle) > 0 {
+			tk.title = string(r.prTitle)
+		}
+	}
 }
 
 // TaskFailed is the Python system's task-level failure event.
