@@ -104,7 +104,8 @@ func bareRequest(s *Stack, taskID string, allowed ...string) []byte {
 // core NATS publish with no headers.
 func publishBare(t *testing.T, s *Stack, attemptID string, body []byte) {
 	t.Helper()
-	if err := s.NATS().Publish(events.Subject(attemptID, events.AttemptRequested), body); err != nil {
+	// The subject as a user types it: the id as it is, not encoded.
+	if err := s.NATS().Publish(events.SubjectPrefix+"."+attemptID+"."+string(events.AttemptRequested), body); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.NATS().Flush(); err != nil {
