@@ -491,4 +491,17 @@ func TestRecordEventsMakeNodes(t *testing.T) {
 	if recent["event_type"] != "task.created" || recent["actor_id"] != "test-actor" || recent["target"] != "radix" {
 		t.Fatalf("recent %v", recent)
 	}
+
+	// artifact.created, as upstream's test sends it (with a bundle's
+	// artifacts, which are not stored).
+	art := `{"target": "radix", "bundle_id": "b-art", "artifacts": [{"sha256": "` + strings.Repeat("a", 64) + `", "kind": "log", "uri": "file:///path/to/artifact", "size": 1024}],
+		"events": [{"event_id": "e-a", "event_type": "artifact.created", "timestamp": "2026-01-28T12:00:04", "actor_id": "test-actor",
+		 "payload": {"artifact_id": "artifact-001", "sha256": "` + strings.Repeat("a", 64) + `", "artifact_type": "log", "size_bytes": 1024, "storage_path": "/x"}}]}`
+	if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, art); status != 200 || body["ingested"] != 1.0 {
+		t.Fatalf("artifact bundle: %d %v", status, body)
+	}
+	_, sum, _ = r.do(t, "GET", "/v1/graph/summary", bearer, "")
+	if sum["nodes_by_type"].(map[string]any)["Artifact"] != 1.0 {
+		t.Fatalf("summary after artifact.created: %v", sum["nodes_by_type"])
+	}
 }

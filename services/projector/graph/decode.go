@@ -32,6 +32,9 @@ type record struct {
 	prURL, prTitle, prState, repo        []byte
 	stage, failureType, summary          []byte
 	reason, field, note                  []byte
+	// artifact.created
+	artifactID, sha256, artifactType, storagePath []byte
+	sizeBytes                                     int64
 }
 
 // errNotObject is returned for a document that is not a JSON object.
@@ -192,6 +195,16 @@ func payloadAt(data []byte, i int, r *record, f *fields) (int, error) {
 			r.field, next, err = stringAt(data, i)
 		case "note":
 			r.note, next, err = stringAt(data, i)
+		case "artifact_id":
+			r.artifactID, next, err = stringAt(data, i)
+		case "sha256":
+			r.sha256, next, err = stringAt(data, i)
+		case "artifact_type":
+			r.artifactType, next, err = stringAt(data, i)
+		case "storage_path":
+			r.storagePath, next, err = stringAt(data, i)
+		case "size_bytes":
+			r.sizeBytes, next, err = integerAt(data, i)
 		case "target":
 			f.reqTarget, f.reqRepo = nil, nil
 			if i < len(data) && data[i] == '{' {

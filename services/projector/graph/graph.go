@@ -20,6 +20,7 @@ const (
 	NodeAttempt     = "Attempt"
 	NodeCommit      = "Commit"
 	NodePullRequest = "PullRequest"
+	NodeArtifact    = "Artifact"
 
 	EdgeDependsOn = "DEPENDS_ON"
 	EdgeProduced  = "PRODUCED"
@@ -57,9 +58,13 @@ type Graph struct {
 	tasks   []*task
 	commits []*commit
 	pulls   []*pull
-	records []*attempt // every attempt id seen, node or not
-	nodes   []*attempt // the attempt records that are Attempt nodes
-	failed  []*failure
+	// artifacts are rare (outside producers only), so an attempt finds
+	// its own by a scan rather than by a field every attempt would carry.
+	artifacts  []*artifact
+	byArtifact map[string]*artifact
+	records    []*attempt // every attempt id seen, node or not
+	nodes      []*attempt // the attempt records that are Attempt nodes
+	failed     []*failure
 
 	byTarget  map[sym]*target
 	byTask    map[taskKey]*task
@@ -169,6 +174,15 @@ type pull struct {
 	state  sym
 }
 
+// artifact is what an outside producer reports with artifact.created
+// (upstream's workers: logs, bundles): its id, content hash, kind, size
+// and where it is stored, and the attempt that produced it, if any.
+type artifact struct {
+	id, sha, kind, path string
+	size                int64
+	producer            *attempt
+}
+
 type pullKey struct {
 	repo   sym
 	number int64
@@ -236,7 +250,7 @@ func New() *Graph {
 	g := &Graph{
 		syms:     symbols{ids: map[string]sym{}, strs: []string{""}},
 		byTarget: map[sym]*target{}, byTask: map[taskKey]*task{}, byCommit: map[commitKey]*commit{},
-		byPull: map[pullKey]*pull{}, byAttempt: map[string]*attempt{},
+		byPull: map[pullKey]*pull{}, byAttempt: map[string]*attempt{}, byArtifact: map[string]*artifact{},
 		seen: newIDSet(0), seenOther: map[string]struct{}{},
 	}
 	g.syms.ids[""] = 0
@@ -486,18 +500,52 @@ func (g *Graph) Reserve(n int) {
 	g.byAttempt = make(map[string]*attempt, n/6)
 }
 
-// Record events: what happened outside an attempt, as upstream's
-// producers report it through ingest.
+// Record events: what happened outside an attempt (or, for an artifact,
+// possibly inside one), as upstream's producers report it through ingest.
 const (
 	TargetRegistered events.Type = "target.registered"
 	TaskCreated      events.Type = "task.created"
+	ArtifactCreated  events.Type = "artifact.created"
 )
+
+// linkArtifact makes the Artifact node of artifact.created (keyed by
+// artifact_id; a later event for it updates it) and, when an attempt made
+// it, its PRODUCED edge.
+func (g *Graph) linkArtifact(a *attempt, r *record) {
+	if len(r.artifactID) == 0 {
+		return
+	}
+	art := g.byArtifact[string(r.artifactID)]
+	if art == nil {
+		art = &artifact{id: string(r.artifactID)}
+		g.byArtifact[art.id] = art
+		g.artifacts = append(g.artifacts, art)
+	}
+	if len(r.sha256) > 0 {
+		art.sha = string(r.sha256)
+	}
+	if len(r.artifactType) > 0 {
+		art.kind = string(r.artifactType)
+	}
+	if len(r.storagePath) > 0 {
+		art.path = string(r.storagePath)
+	}
+	if r.sizeBytes > 0 {
+		art.size = r.sizeBytes
+	}
+	if a != nil && art.producer == nil {
+		art.producer = a
+		g.produced++
+	}
+}
 
 // projectRecord makes the Target and Task nodes of record events (no
 // attempt): target.registered (target_id, repo_url) and task.created
 // (target_id, task_id, title; a DEPENDS_ON edge to its target).
 func (g *Graph) projectRecord(t events.Type, tgt sym, r *record) {
 	switch t {
+	case ArtifactCreated:
+		g.linkArtifact(nil, r)
 	case TargetRegistered:
 		if tgt == 0 {
 			return
@@ -555,6 +603,9 @@ func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 		}
 		g.setStatus(a, g.syms.of("rejected"))
 		g.fail(a, r, typ, g.syms.of("clone"), g.syms.of(string(events.InvalidRequest)), summary)
+		return
+	case ArtifactCreated:
+		g.linkArtifact(a, r)
 		return
 	case TaskFailed:
 		// The Python workers' task-level failure: listed with the
@@ -891,7 +942,7 @@ func (g *Graph) summaryLocked() Summary {
 	s := Summary{NodesByType: map[string]int{}, EdgesByType: map[string]int{}}
 	for typ, n := range map[string]int{
 		NodeTarget: len(g.targets), NodeTask: len(g.tasks), NodeAttempt: len(g.nodes),
-		NodeCommit: len(g.commits), NodePullRequest: len(g.pulls),
+		NodeCommit: len(g.commits), NodePullRequest: len(g.pulls), NodeArtifact: len(g.artifacts),
 	} {
 		if n > 0 {
 			s.NodesByType[typ] = n

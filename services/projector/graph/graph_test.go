@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strings"
 	"testing"
 	"time"
 
@@ -317,5 +318,37 @@ func TestPullRequestWithoutNumber(t *testing.T) {
 	d, _ := g.Attempt("attempt-1")
 	if len(d.Artifacts) != 1 || d.Artifacts[0].Properties["pr_number"] != nil || d.Artifacts[0].Properties["pr_url"] != "https://github.com/org/repo/pull/placeholder" {
 		t.Fatalf("artifacts %+v", d.Artifacts)
+	}
+}
+
+// TestArtifacts: artifact.created makes an Artifact node, with a PRODUCED
+// edge from the attempt that made it, listed among the attempt's
+// artifacts; one without an attempt is a node alone; a snapshot keeps
+// them.
+func TestArtifacts(t *testing.T) {
+	g := New()
+	at := time.Date(2026, 1, 28, 12, 0, 0, 0, time.UTC)
+	add := func(id, typ, attempt, payload string) {
+		g.Apply(events.Envelope{EventID: id, EventType: events.Type(typ), Timestamp: at, AttemptID: attempt, TargetID: "radix", Payload: json.RawMessage(payload)})
+	}
+	add("e-1", "attempt.created", "attempt-001", `{"attempt_id":"attempt-001","task_id":"task-001","attempt_number":1}`)
+	add("e-2", "artifact.created", "attempt-001", `{"attempt_id":"attempt-001","artifact_id":"artifact-001","sha256":"`+strings.Repeat("a", 64)+`","artifact_type":"log","size_bytes":1024,"storage_path":"/a"}`)
+	add("e-3", "artifact.created", "", `{"artifact_id":"artifact-002","sha256":"b","artifact_type":"bundle","size_bytes":1,"storage_path":"/b"}`)
+	s := g.Summary()
+	if s.NodesByType[NodeArtifact] != 2 || s.EdgesByType[EdgeProduced] != 1 {
+		t.Fatalf("summary %v %v", s.NodesByType, s.EdgesByType)
+	}
+	d, _ := g.Attempt("attempt-001")
+	if len(d.Artifacts) != 1 || d.Artifacts[0].NodeID != "artifact-001" || d.Artifacts[0].NodeType != NodeArtifact ||
+		d.Artifacts[0].Properties["size_bytes"] != int64(1024) {
+		t.Fatalf("artifacts %+v", d.Artifacts)
+	}
+	data, _ := g.MarshalSnapshot(0)
+	g2, _, err := UnmarshalSnapshot(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := g2.MarshalSnapshot(0); !bytes.Equal(again, data) || fmt.Sprint(g2.Summary().NodesByType) != fmt.Sprint(s.NodesByType) {
+		t.Fatal("the snapshot lost the artifacts")
 	}
 }

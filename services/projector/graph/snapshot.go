@@ -30,7 +30,7 @@ const (
 	// SnapshotVersion changes with any change of the layout or of what the
 	// graph derives from events: a snapshot of another version is ignored
 	// and the stream replayed from the start.
-	SnapshotVersion = 2
+	SnapshotVersion = 3
 )
 
 // errSnapshotVersion is returned for a snapshot of another format version.
@@ -151,6 +151,15 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 		w.str(e.attempt)
 		w.uint(e.seq)
 	}
+	w.uint(uint64(len(g.artifacts)))
+	for _, a := range g.artifacts {
+		w.str(a.id)
+		w.str(a.sha)
+		w.str(a.kind)
+		w.str(a.path)
+		w.int(a.size)
+		w.ref(a.producer != nil, producerIdx(a.producer))
+	}
 	ids := g.seen.appendTo(make([]uuid.UUID, 0, g.seen.len()))
 	other := make([]string, 0, len(g.seenOther))
 	for id := range g.seenOther {
@@ -169,6 +178,13 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 		w.str(id)
 	}
 	return w.buf, meta
+}
+
+func producerIdx(a *attempt) int32 {
+	if a == nil {
+		return 0
+	}
+	return a.idx
 }
 
 func targetIdx(t *target) int32 {
@@ -332,6 +348,16 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 		}
 		e.ts, e.typ, e.actor, e.target, e.attempt, e.seq = r.int(), symOf(), symOf(), symOf(), r.str(), r.uint()
 		g.ring[i] = e
+	}
+	n = r.count(5)
+	for i := 0; i < n && r.err == nil; i++ {
+		a := &artifact{id: r.str(), sha: r.str(), kind: r.str(), path: r.str(), size: r.int()}
+		if j, ok := r.ref(len(g.records)); ok {
+			a.producer = g.records[j]
+			g.produced++
+		}
+		g.artifacts = append(g.artifacts, a)
+		g.byArtifact[a.id] = a
 	}
 	n = r.count(16)
 	g.seen.reserve(n)

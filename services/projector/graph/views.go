@@ -157,6 +157,11 @@ func (g *Graph) Attempt(id string) (AttemptDetail, bool) {
 	for _, p := range a.pulls {
 		d.Artifacts = append(d.Artifacts, g.pullView(p))
 	}
+	for _, art := range g.artifacts {
+		if art.producer == a {
+			d.Artifacts = append(d.Artifacts, artifactView(art))
+		}
+	}
 	return d, true
 }
 
@@ -206,6 +211,12 @@ func (g *Graph) attemptView(a *attempt) NodeView {
 func (g *Graph) commitView(c *commit) NodeView {
 	return NodeView{NodeID: g.commitNodeID(c), NodeType: NodeCommit, Properties: map[string]any{
 		"commit_sha": c.sha, "branch_name": c.branch, "target": g.targetName(c.target),
+	}}
+}
+
+func artifactView(a *artifact) NodeView {
+	return NodeView{NodeID: a.id, NodeType: NodeArtifact, Properties: map[string]any{
+		"artifact_id": a.id, "sha256": a.sha, "artifact_type": a.kind, "size_bytes": a.size, "storage_path": a.path,
 	}}
 }
 
