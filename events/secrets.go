@@ -2,6 +2,7 @@ package events
 
 import (
 	"encoding/json"
+	"net/url"
 	"regexp"
 	"sort"
 	"strconv"
@@ -15,19 +16,29 @@ var credentialPatterns = []struct {
 	re   *regexp.Regexp
 	what string
 }{
-	// user info in anything URL-shaped: scheme://user:secret@host
-	{regexp.MustCompile(`(?i)[a-z][a-z0-9+.\-]*://[^/\s"'<>@]+@`), "user info in a URL"},
+	// a password in anything URL-shaped: scheme://user:secret@host (a
+	// user alone, as in git+ssh://git@host, is no secret)
+	{regexp.MustCompile(`(?i)[a-z][a-z0-9+.\-]*://[^/\s"<>@:]*:[^/\s"<>@]+@`), "user info in a URL"},
 	// a token in a query string
-	{regexp.MustCompile(`(?i)[?&;](access_token|token|private_token|auth_token|api_key|apikey|client_secret|password|passwd|secret|sig|signature|x-amz-signature)=[^&\s"'#]+`), "a token in a URL's query"},
+	{regexp.MustCompile(`(?i)[?&;](access_token|token|private_token|auth_token|api_key|apikey|client_secret|password|passwd|secret|sig|signature|x-amz-signature)=[A-Za-z0-9_\-.~+/=%]{8,}`), "a token in a URL's query"},
 	// tokens GitHub and GitLab issue, recognisable by their prefixes
 	{regexp.MustCompile(`\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,})`), "a forge token"},
 }
 
-// credentialIn says what kind of credential s holds, or "".
+// credentialIn says what kind of credential s holds, or "": as it is,
+// and percent-decoded (a URL inside another URL's query).
 func credentialIn(s string) string {
-	for _, p := range credentialPatterns {
-		if p.re.MatchString(s) {
-			return p.what
+	forms := []string{s}
+	if strings.Contains(s, "%") {
+		if u, err := url.QueryUnescape(s); err == nil && u != s {
+			forms = append(forms, u)
+		}
+	}
+	for _, f := range forms {
+		for _, p := range credentialPatterns {
+			if p.re.MatchString(f) {
+				return p.what
+			}
 		}
 	}
 	return ""
@@ -38,15 +49,22 @@ func credentialIn(s string) string {
 // field that holds it ("target.repo_url", "task.description"; "body" when
 // the body is not JSON) and what it looks like, or "" and "".
 func FindCredential(data []byte) (field, what string) {
+	// The text as a whole first, JSON escapes undone where they could hide
+	// a '@', '/', '?', '&' or '=': it sees what a decoder would drop (a
+	// duplicate key's earlier value) and what is not JSON at all.
+	raw := credentialIn(unescapeLoosely(string(data)))
 	var v any
 	if err := json.Unmarshal(data, &v); err != nil {
-		// Not JSON: read it as text, JSON escapes undone where they could
-		// hide a '@', '/', '?', '&' or '='.
-		if what := credentialIn(unescapeLoosely(string(data))); what != "" {
-			return "body", what
+		if raw != "" {
+			return "body", raw
 		}
 		return "", ""
 	}
+	defer func() {
+		if what == "" && raw != "" {
+			field, what = "body", raw
+		}
+	}()
 	if m, ok := v.(map[string]any); ok {
 		if _, isEnv := m["event_type"]; isEnv {
 			// An envelope: name the request's fields, not payload.*.

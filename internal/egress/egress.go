@@ -107,6 +107,11 @@ func New(cfg Config) (*Policy, error) {
 		gitHost = canonical(u.Scheme, joinPort(name, u.Port()))
 	}
 	plain := u.Scheme == "http" && isLoopbackName(u.Hostname())
+	if isLoopbackName(u.Hostname()) {
+		// A forge on this machine (localhost): its name resolves to
+		// loopback, where it lives.
+		p.private[strings.ToLower(u.Hostname())] = true
+	}
 	p.forge = gitHost
 	p.add(apiHost, hostRule{credential: true, http: plain})
 	p.add(gitHost, hostRule{repo: true, credential: true, http: plain})

@@ -217,6 +217,15 @@ func TestDialChecksResolvedAddresses(t *testing.T) {
 	if n := conns.Load(); n != 0 {
 		t.Fatalf("%d connections reached the listener", n)
 	}
+	// A forge at localhost is dialed on loopback.
+	local, _ := policy(t, egress.Config{ForgeAPIURL: "http://localhost:" + port + "/api/v3/", Lookup: func(context.Context, string) ([]netip.Addr, error) {
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}})
+	if c, err := local.DialContext(ctx, "tcp", net.JoinHostPort("localhost", port)); err != nil {
+		t.Fatalf("dial a localhost forge: %v", err)
+	} else {
+		c.Close()
+	}
 	// A host the operator said lives inside may be dialed there.
 	c, err := p.DialContext(ctx, "tcp", net.JoinHostPort("inside.test", port))
 	if err != nil {

@@ -94,8 +94,13 @@ func kvWatch(pub set, bucket string) { orderedConsumers(pub, "KV_"+bucket) }
 // orderedConsumers creates, reads and deletes ephemeral consumers of a
 // stream and answers their flow control: what an ordered consumer or an
 // object Get does.
+//
+// Only the named form of CONSUMER.CREATE (stream.consumer[.filter]): on
+// the bare CONSUMER.CREATE.<stream> the server takes the consumer's name
+// from the request body, which no deny list can see, so it could rewrite
+// or delete a stage's durable consumer.
 func orderedConsumers(pub set, name string) {
-	pub.add(api+"CONSUMER.CREATE."+name, api+"CONSUMER.CREATE."+name+".>", api+"CONSUMER.INFO."+name+".*",
+	pub.add(api+"CONSUMER.CREATE."+name+".>", api+"CONSUMER.INFO."+name+".*",
 		api+"CONSUMER.DELETE."+name+".*", api+"CONSUMER.MSG.NEXT."+name+".*", "$JS.FC."+name+".>")
 }
 

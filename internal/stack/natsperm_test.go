@@ -214,6 +214,8 @@ func TestLeastPrivilegeOnNATS(t *testing.T) {
 		nc, v := connectAs(t, ns, name)
 		refused := []string{
 			events.Subject("x", other[name]),
+			// the unnamed create, whose body could name a stage's consumer
+			"$JS.API.CONSUMER.CREATE." + stage.StreamName,
 			"$JS.API.STREAM.DELETE." + stage.StreamName,
 			"$JS.API.STREAM.UPDATE." + stage.StreamName,
 			"$JS.API.CONSUMER.DURABLE.CREATE." + stage.StreamName + ".evil",
@@ -246,6 +248,18 @@ func TestLeastPrivilegeOnNATS(t *testing.T) {
 				t.Errorf("%s may subscribe to %s", name, subj)
 			}
 		}
+	}
+	// Nor may the client user, which makes ordered consumers, take a
+	// stage's consumer by naming it in a create's body.
+	cnc, cv := connectAs(t, ns, natsperm.ClientUser)
+	body := `{"stream_name":"LEVIATHAN_EVENTS","config":{"name":"clone","ack_policy":"explicit","deliver_policy":"all","filter_subject":"leviathan.attempts.*.nothing"}}`
+	_ = cnc.Publish("$JS.API.CONSUMER.CREATE."+stage.StreamName, []byte(body))
+	_ = cnc.Flush()
+	if !cv.has(t, "$JS.API.CONSUMER.CREATE."+stage.StreamName) {
+		t.Error("the client user may create a consumer named in the body")
+	}
+	if ci, err := setupJS.Consumer(ctx, stage.StreamName, "clone"); err != nil || ci.CachedInfo().Config.FilterSubject != events.SubjectFilter(events.AttemptRequested) {
+		t.Fatalf("clone's consumer changed: %v", err)
 	}
 	if _, err := setupJS.Stream(ctx, stage.StreamName); err != nil {
 		t.Fatalf("the stream is gone: %v", err)

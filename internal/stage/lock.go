@@ -119,6 +119,13 @@ func (r *Resources) holdLock(ctx context.Context, key string, value []byte, rev 
 			mu.Lock()
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.lockRenew)
 			next, err := r.Locks.Update(rctx, key, value, rev)
+			if err != nil && held(err) {
+				// A renewal whose answer was lost moved the revision on:
+				// still ours if the key holds our value.
+				if e, gerr := r.Locks.Get(rctx, key); gerr == nil && string(e.Value()) == string(value) {
+					next, err = r.Locks.Update(rctx, key, value, e.Revision())
+				}
+			}
 			cancel()
 			if err == nil {
 				rev = next

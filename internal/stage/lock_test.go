@@ -2,6 +2,7 @@ package stage
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -207,4 +208,31 @@ func TestLockRenewedWhileHeldAndLapsesWhenTheHolderDies(t *testing.T) {
 	}
 	b()
 	t.Logf("a dead holder's lock passed on after %v (TTL %v)", time.Since(start).Round(10*time.Millisecond), ttl)
+}
+
+// TestLockSurvivesALostRenewalAnswer: a renewal the server applied but
+// whose answer was lost (the revision moved on without the holder
+// knowing) does not make the holder lose the lock.
+func TestLockSurvivesALostRenewalAnswer(t *testing.T) {
+	const ttl = time.Second
+	res := shortLocks(t, ttl)
+	ctx := context.Background()
+	unlock, err := res.Lock(ctx, "repo", "attempt a-1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	key := "lock." + hex.EncodeToString([]byte("repo"))
+	e, err := res.Locks.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The "lost answer": the same value written at the current revision.
+	if _, err := res.Locks.Update(ctx, key, e.Value(), e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * ttl)
+	if _, err := res.Lock(ctx, "repo", "attempt b-1", 0); !errors.Is(err, ErrLocked) {
+		t.Fatalf("after a lost renewal answer another holder got the lock: %v", err)
+	}
 }

@@ -426,7 +426,7 @@ func (r *Runner) handleWaiting(ctx context.Context, msg jetstream.Msg, in *Input
 			}
 		}
 	}()
-	waited := time.Duration(0)
+	started := time.Now()
 	for {
 		err := r.handle(ctx, in)
 		var se *Error
@@ -434,7 +434,9 @@ func (r *Runner) handleWaiting(ctx context.Context, msg jetstream.Msg, in *Input
 			return err
 		}
 		d := max(se.After, 100*time.Millisecond)
-		if waited+d > r.cfg.MaxWait {
+		// The whole time this delivery has been held counts, the handler's
+		// own waits (a lock's) included.
+		if time.Since(started)+d > r.cfg.MaxWait {
 			// Too long to hold the message: hand it back, with the wait.
 			return RetryAfter(d, se.Err)
 		}
@@ -445,7 +447,6 @@ func (r *Runner) handleWaiting(ctx context.Context, msg jetstream.Msg, in *Input
 		if !ok {
 			return ctx.Err()
 		}
-		waited += d
 	}
 }
 

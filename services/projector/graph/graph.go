@@ -552,7 +552,7 @@ func (g *Graph) projectRecord(t events.Type, tgt sym, r *record) {
 		}
 		tg := g.targetNode(tgt)
 		if len(r.repoURL) > 0 {
-			tg.repoURL = string(r.repoURL)
+			tg.repoURL = safeURL(r.repoURL)
 		}
 	case TaskCreated:
 		if len(r.task) == 0 {
@@ -582,6 +582,22 @@ func (g *Graph) projectRecord(t events.Type, tgt sym, r *record) {
 	}
 }
 
+// safeURL is a repository URL as the graph may keep it: without user
+// info, query or fragment. A request is projected before clone has
+// checked (and, when it carries a credential, erased) it, and the graph's
+// snapshot and API must not keep what the stream no longer does.
+func safeURL(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	u, err := url.Parse(string(b))
+	if err != nil {
+		return ""
+	}
+	u.User, u.RawQuery, u.Fragment, u.ForceQuery = nil, "", "", false
+	return u.String()
+}
+
 // TaskFailed is the Python system's task-level failure event.
 const TaskFailed events.Type = "task.failed"
 
@@ -593,7 +609,7 @@ func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 			a.title = string(r.title)
 		}
 		if tg := g.byTarget[tgt]; tg != nil && tg.repoURL == "" {
-			tg.repoURL = string(r.repoURL)
+			tg.repoURL = safeURL(r.repoURL)
 		}
 		return
 	case events.AttemptRejected:
@@ -630,7 +646,7 @@ func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 			g.setStatus(a, g.syms.of("created"))
 		}
 		if a.target != nil && a.target.repoURL == "" {
-			a.target.repoURL = string(r.repoURL)
+			a.target.repoURL = safeURL(r.repoURL)
 		}
 	case events.AttemptStarted:
 		g.setStatus(a, g.syms.of("running"))

@@ -352,3 +352,19 @@ func TestArtifacts(t *testing.T) {
 		t.Fatal("the snapshot lost the artifacts")
 	}
 }
+
+// TestRequestCredentialsNotKept: a request carrying a credential in its
+// repo_url is projected before clone erases it; the graph keeps the URL
+// without it.
+func TestRequestCredentialsNotKept(t *testing.T) {
+	g := New()
+	at := time.Date(2026, 1, 28, 12, 0, 0, 0, time.UTC)
+	g.Apply(events.Envelope{EventID: "e-1", EventType: events.AttemptRequested, Timestamp: at, AttemptID: "a-1", TargetID: "demo",
+		Payload: json.RawMessage(`{"attempt_id":"a-1","target":{"name":"demo","repo_url":"https://x:s3cretpass@github.com/o/r.git?token=abc"},"task":{"id":"T","title":"t"}}`)})
+	g.Apply(events.Envelope{EventID: "e-2", EventType: events.AttemptCreated, Timestamp: at, AttemptID: "a-1", TargetID: "demo",
+		Payload: json.RawMessage(`{"attempt_id":"a-1","task_id":"T","target_id":"demo","repo_url":"https://x:s3cretpass@github.com/o/r.git"}`)})
+	data, _ := g.MarshalSnapshot(0)
+	if bytes.Contains(data, []byte("s3cretpass")) || bytes.Contains(data, []byte("token=abc")) {
+		t.Fatal("the graph keeps a credential from a request")
+	}
+}

@@ -1,0 +1,28 @@
+package events
+
+import "testing"
+
+func TestFindCredential(t *testing.T) {
+	for body, want := range map[string]string{
+		// found, with the field that holds it
+		`{"target":{"repo_url":"https://x:s3cretpassword@github.com/o/r.git"}}`:                                  "target.repo_url",
+		`{"task":{"description":"clone https://o'brien:hunter2pass@git.corp.example/o/r"}}`:                      "task.description",
+		`{"target":{"repo_url":"https://github.com/o/r.git?access_token=abcdefgh1234"}}`:                         "target.repo_url",
+		`{"task":{"description":"see ?next=https%3A%2F%2Fdeploy%3As3cretvalue%40git.corp.example"}}`:             "task.description",
+		`{"task":{"title":"ghp_abcdefghijklmnopqrstuvwxyz0123456789"}}`:                                          "task.title",
+		`{"target":{"repo_url":"https:\/\/x:s3cret\u0040github.com/o/r"}}`:                                       "target.repo_url",
+		`{"target":{"repo_url":"https://x:s3cretpassword@github.com/o/r"},"target":{"repo_url":"https://ok/r"}}`: "body",
+		`{"target":{"repo_url":"https://x:s3cret@github.com/o/r"`:                                                "body",
+		// not credentials
+		`{"task":{"description":"depends on git+ssh://git@github.com/org/pkg.git"}}`: "",
+		`{"task":{"description":"https://x.com?ref=@alice, mail bob@example.com"}}`:  "",
+		`{"task":{"description":"set ?token=<yours> in the config"}}`:                "",
+		`{"target":{"repo_url":"https://github.com/o/r.git"}}`:                       "",
+		`{"task":{"description":"https://registry.example:443/@scope/pkg"}}`:         "",
+	} {
+		field, what := FindCredential([]byte(body))
+		if field != want || (want != "" && what == "") {
+			t.Errorf("FindCredential(%s) = %q (%s), want %q", body, field, what, want)
+		}
+	}
+}
