@@ -269,10 +269,8 @@ func (r *Runner) endExhausted(ctx context.Context, seq uint64, deliveries int) {
 	if err != nil {
 		return
 	}
-	for _, t := range []events.Type{events.AttemptSucceeded, events.AttemptFailed, events.AttemptRejected} {
-		if _, err := r.res.Stream.GetLastMsgForSubject(ctx, events.Subject(in.Ref.AttemptID, t)); err == nil {
-			return // it ended after all
-		}
+	if r.ended(ctx, in.Ref.AttemptID, events.AttemptSucceeded, events.AttemptFailed, events.AttemptRejected) {
+		return // it ended after all
 	}
 	if req, err := r.res.Request(ctx, in.Ref.AttemptID); err == nil {
 		in.Ref = req.Ref
@@ -288,6 +286,17 @@ func (r *Runner) endExhausted(ctx context.Context, seq uint64, deliveries int) {
 	}
 	r.failed.Add(1)
 	r.cfg.Logger.Warn("attempt failed: out of deliveries", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "deliveries", deliveries)
+}
+
+// ended reports whether the stream holds an event of one of types for
+// the attempt.
+func (r *Runner) ended(ctx context.Context, attemptID string, types ...events.Type) bool {
+	for _, t := range types {
+		if _, err := r.res.Stream.GetLastMsgForSubject(ctx, events.Subject(attemptID, t)); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Run processes messages until ctx is done.
@@ -396,6 +405,14 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 		ErrorSummary: summary(se.Err), Deliveries: in.Deliveries,
 	}
 	failed.BranchName, failed.CommitSHA = in.pushed()
+	if r.ended(ctx, in.Ref.AttemptID, events.AttemptSucceeded, events.AttemptRejected) {
+		// It ended already (this delivery's handler published its end and
+		// then failed at something after it): one end per attempt.
+		r.cfg.Logger.Warn("failure after the attempt ended", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", se.Err)
+		outcome = OutcomeFailed
+		_ = msg.Term()
+		return
+	}
 	if err := in.Publish(ctx, events.AttemptFailed, failed); err != nil {
 		r.cfg.Logger.Warn("publishing attempt.failed failed; will retry", "stage", r.cfg.Name, "err", err)
 		_ = msg.NakWithDelay(time.Second)

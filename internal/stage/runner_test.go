@@ -249,3 +249,34 @@ func TestStopFinishesTheMessageInHand(t *testing.T) {
 			ci.NumAckPending, ci.NumRedelivered, ci.AckFloor.Stream, calls.Load())
 	}
 }
+
+// TestOneEndPerAttempt: a handler that published the attempt's end and
+// then failed does not end it a second time with attempt.failed.
+func TestOneEndPerAttempt(t *testing.T) {
+	res, pub := setup(t)
+	runStage(t, res, pub, Config{}, func(ctx context.Context, in *Input) error {
+		if err := in.Publish(ctx, events.AttemptSucceeded, events.Succeeded{Ref: in.Ref, Status: "succeeded"}); err != nil {
+			return err
+		}
+		return Failf(events.ExecutionError, "something after the end")
+	})
+	publishInput(t, pub, "a-end")
+	waitEvent(t, res, "a-end", events.AttemptSucceeded)
+	cons, err := res.JS.Consumer(context.Background(), StreamName, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ci, err := cons.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ci.NumAckPending == 0 && ci.NumPending == 0 {
+			break // the delivery was answered (terminated)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := res.Stream.GetLastMsgForSubject(context.Background(), events.Subject("a-end", events.AttemptFailed)); err == nil {
+		t.Fatal("attempt.failed after attempt.succeeded")
+	}
+}
