@@ -6,10 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 // cmdWatch follows one attempt to its end (exit code as submit --wait), or
@@ -33,7 +35,7 @@ func cmdWatch(ctx context.Context, args []string, env environment, stdout, stder
 			return &exitError{code: 2, msg: "watch: at most one attempt id"}
 		}
 	}
-	if attempt != "" && !events.ValidAttemptID(attempt) {
+	if attempt != "" && !events.ValidExternalAttemptID(attempt) {
 		return &exitError{code: 2, msg: fmt.Sprintf("watch: %q is not an attempt id", attempt)}
 	}
 	nc, js, err := env.connect(*natsURL, "watch")
@@ -47,6 +49,9 @@ func cmdWatch(ctx context.Context, args []string, env environment, stdout, stder
 		defer cancel()
 	}
 	if attempt != "" {
+		if err := knownAttempt(ctx, js, attempt, 5*time.Second); err != nil {
+			return err
+		}
 		o, err := watchAttempt(ctx, js, attempt, stdout)
 		if err != nil {
 			return err
@@ -90,5 +95,33 @@ func followAll(ctx context.Context, js jetstream.JetStream, fromStart bool, out 
 			continue
 		}
 		fmt.Fprintf(out, "%-12s  %-20s %-20s %s\n", env.Timestamp.Format("15:04:05.000"), env.AttemptID, env.EventType, describe(env))
+	}
+}
+
+// knownAttempt waits up to wait for the stream to hold an event of the
+// attempt (it may have just been submitted), and says so when it never
+// does, instead of waiting for ever.
+func knownAttempt(ctx context.Context, js jetstream.JetStream, attempt string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		st, err := js.Stream(ctx, stage.StreamName)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", stage.StreamName, err)
+		}
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(events.AttemptSubjects(attempt)))
+		if err != nil {
+			return err
+		}
+		if len(info.State.Subjects) > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return &exitError{code: 1, msg: fmt.Sprintf("watch: the stream has no attempt %s (never submitted, or aged out)", attempt)}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }

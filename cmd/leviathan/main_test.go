@@ -114,3 +114,43 @@ func TestSubmitWait(t *testing.T) {
 		t.Fatalf("invalid submit: %v", err)
 	}
 }
+
+// TestHelpAndVersion: -h on every command, and --version, exit 0.
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{
+		{"-h"}, {"--help"}, {"--version"}, {"version"},
+		{"dev", "-h"}, {"demo", "-h"}, {"setup", "-h"}, {"run", "-h"}, {"run", "clone", "-h"}, {"submit", "-h"},
+		{"watch", "-h"}, {"retry", "-h"}, {"summary", "-h"}, {"config", "-h"},
+	} {
+		var out bytes.Buffer
+		if err := run(context.Background(), args, env(nil), &out, &out); err != nil {
+			t.Errorf("leviathan %v: %v (exit %d)\n%s", args, err, exitCode(err), out.String())
+		}
+	}
+}
+
+// TestWatchUnknownAndRejected: watch says so, and exits non-zero within
+// seconds, for an attempt the stream has never seen; it exits 2 for a
+// rejected attempt, as submit --wait does.
+func TestWatchUnknownAndRejected(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var out bytes.Buffer
+	err = run(ctx, []string{"watch", "--nats-url", s.NATSURL, "a-never"}, env(nil), &out, &out)
+	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "has no attempt a-never") {
+		t.Fatalf("watch of an unknown attempt: %v", err)
+	}
+	if err := s.NATS().Publish("leviathan.attempts.a-rej.attempt.requested", []byte(`{"target":{"name":"demo"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	err = run(ctx, []string{"watch", "--nats-url", s.NATSURL, "a-rej"}, env(nil), &out, &out)
+	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "attempt rejected") {
+		t.Fatalf("watch of a rejected attempt: %v\n%s", err, out.String())
+	}
+}

@@ -27,6 +27,12 @@ func cmdRetry(ctx context.Context, args []string, env environment, stdout, stder
 	attempt := fs.String("attempt-id", "", "id of the new attempt (default: <attempt_id>-r<time>)")
 	wait := fs.Bool("wait", false, "follow the new attempt and exit with its outcome")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprintln(stdout, "Usage: leviathan retry <attempt_id> [flags]")
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return nil
+	}
 	if len(args) == 0 || args[0] == "" || args[0][0] == '-' {
 		return &exitError{code: 2, msg: "retry: which attempt? leviathan retry <attempt_id> [flags]"}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -53,6 +54,15 @@ func exitCode(err error) int {
 // run is the whole program; main only supplies the process's context,
 // arguments, environment and output streams.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	err := dispatch(ctx, args, getenv, stdout, stderr)
+	var ee *exitError
+	if errors.As(err, &ee) && ee.msg == flag.ErrHelp.Error() {
+		return nil // -h: the flags were printed; asking for help is no error
+	}
+	return err
+}
+
+func dispatch(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return &exitError{code: 2, msg: "no command given"}
@@ -77,7 +87,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdSummary(ctx, args[1:], env, stdout, stderr)
 	case "config":
 		return cmdConfig(ctx, args[1:], env, stdout, stderr)
-	case "version":
+	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "leviathan", version)
 		return nil
 	case "help", "-h", "--help":

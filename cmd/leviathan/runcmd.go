@@ -16,6 +16,10 @@ import (
 // cmdRun runs one service against an existing NATS deployment: the mode of
 // the Kubernetes Deployments (`leviathan run clone`, ...).
 func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprintf(stdout, "Usage: leviathan run <service> [flags]: one of %s (leviathan run <service> -h for its flags)\n", strings.Join(stack.ServiceNames, ", "))
+		return nil
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return &exitError{code: 2, msg: fmt.Sprintf("run: which service? one of %s", strings.Join(stack.ServiceNames, ", "))}
 	}

@@ -125,8 +125,10 @@ func reportOutcome(o *outcome, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "succeeded: %s\n", describe(o.final))
 		}
 		return nil
+	case events.AttemptRejected:
+		return &exitError{code: 2, msg: "attempt rejected: " + describe(o.final)}
 	default:
-		return &exitError{code: 1, msg: fmt.Sprintf("attempt %s: %s", o.final.EventType, describe(o.final))}
+		return &exitError{code: 1, msg: "attempt failed: " + describe(o.final)}
 	}
 }
 

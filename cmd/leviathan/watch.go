@@ -122,7 +122,11 @@ func describe(env events.Envelope) string {
 	case events.AttemptFailed:
 		var p events.Failed
 		_ = env.DecodePayload(&p)
-		return fmt.Sprintf("%s in %s after %d deliveries: %s", p.FailureType, p.Stage, p.Deliveries, p.ErrorSummary)
+		plural := "deliveries"
+		if p.Deliveries == 1 {
+			plural = "delivery"
+		}
+		return fmt.Sprintf("%s in %s after %d %s: %s", p.FailureType, p.Stage, p.Deliveries, plural, p.ErrorSummary)
 	}
 	return ""
 }
