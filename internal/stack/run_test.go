@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -191,4 +192,29 @@ func TestServiceStartsBeforeNATS(t *testing.T) {
 			t.Fatal("the service never became ready after NATS came up")
 		}
 	}
+}
+
+// TestDataDirLock: a second stack on the same data directory fails at
+// once, naming the pid that holds it; once the first is closed, it starts.
+func TestDataDirLock(t *testing.T) {
+	dir := t.TempDir()
+	start := func() (*Stack, error) {
+		return StartStack(context.Background(), StackConfig{DataDir: dir, NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+			HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	}
+	first, err := start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := start(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("in use by pid %d", os.Getpid())) {
+		t.Fatalf("a second stack on one data dir: %v", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := start()
+	if err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	_ = again.Close()
 }

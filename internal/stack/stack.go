@@ -90,6 +90,7 @@ type Stack struct {
 	ControlURL string
 	cancel     context.CancelFunc
 	done       chan error
+	unlockDir  func()
 }
 
 // StartStack starts everything and returns once it accepts attempts.
@@ -100,13 +101,22 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	unlockDir, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			unlockDir()
+		}
+	}()
 	if cfg.ControlToken, err = tokenFile(filepath.Join(cfg.DataDir, "control-plane.token"), cfg.ControlToken); err != nil {
 		return nil, err
 	}
 	if cfg.ForgeToken, err = tokenFile(filepath.Join(cfg.DataDir, "forge.token"), cfg.ForgeToken); err != nil {
 		return nil, err
 	}
-	s := &Stack{cfg: cfg, done: make(chan error, 1)}
+	s := &Stack{cfg: cfg, done: make(chan error, 1), unlockDir: unlockDir}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -263,6 +273,10 @@ func (s *Stack) Close() error {
 	if s.ns != nil {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+	}
+	if s.unlockDir != nil {
+		s.unlockDir()
+		s.unlockDir = nil
 	}
 	return err
 }
