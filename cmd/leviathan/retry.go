@@ -98,22 +98,5 @@ func cmdRetry(ctx context.Context, args []string, env environment, stdout, stder
 	if err != nil {
 		return err
 	}
-	resp, err := submit(ctx, nc, body)
-	if err != nil {
-		return err
-	}
-	if resp.Error != "" {
-		return &exitError{code: 2, msg: fmt.Sprintf("request rejected: %s: %s", resp.Field, resp.Error)}
-	}
-	fmt.Fprintf(stdout, "attempt %s %s\n", resp.AttemptID, resp.Status)
-	if !*wait {
-		return nil
-	}
-	wctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	o, err := watchAttempt(wctx, js, resp.AttemptID, stdout)
-	if err != nil {
-		return err
-	}
-	return reportOutcome(o, stdout)
+	return submitAndFollow(ctx, nc, js, body, *wait, *timeout, stdout)
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
 )
@@ -76,6 +77,12 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 		return err
 	}
 	defer nc.Close()
+	return submitAndFollow(ctx, nc, js, body, *wait, *timeout, stdout)
+}
+
+// submitAndFollow submits a request, prints the answer and, with wait,
+// follows the attempt to its end and exits with its outcome.
+func submitAndFollow(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, body []byte, wait bool, timeout time.Duration, stdout io.Writer) error {
 	resp, err := submit(ctx, nc, body)
 	if err != nil {
 		return err
@@ -84,10 +91,10 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 		return &exitError{code: 2, msg: fmt.Sprintf("request rejected: %s: %s", resp.Field, resp.Error)}
 	}
 	fmt.Fprintf(stdout, "attempt %s %s\n", resp.AttemptID, resp.Status)
-	if !*wait {
+	if !wait {
 		return nil
 	}
-	wctx, cancel := context.WithTimeout(ctx, *timeout)
+	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	o, err := watchAttempt(wctx, js, resp.AttemptID, stdout)
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-github/v60/github"
+
+	"github.com/leviathan-dev/leviathan/internal/egress"
 )
 
 // GitHubConfig configures the github driver. The zero values of the
@@ -101,7 +103,7 @@ func NewGitHub(cfg GitHubConfig) (*GitHub, error) {
 		return nil, err
 	}
 	base := http.DefaultTransport
-	checkRedirect := sameHostRedirect
+	checkRedirect := egress.CheckRedirect
 	if cfg.HTTPClient != nil && cfg.HTTPClient.Transport != nil {
 		base = cfg.HTTPClient.Transport
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/bradleyfalzon/ghinstallation/v2"
+
+	"github.com/leviathan-dev/leviathan/internal/egress"
 )
 
 // TokenSource supplies the token of a forge account: for API calls (the
@@ -152,7 +154,7 @@ func GitHTTPClient(ts TokenSource, base http.RoundTripper, allow func(*url.URL) 
 	if allow == nil {
 		allow = secureOrLoopback
 	}
-	return &http.Client{Transport: &gitAuthTransport{ts: ts, base: base, allow: allow}, CheckRedirect: sameHostRedirect}
+	return &http.Client{Transport: &gitAuthTransport{ts: ts, base: base, allow: allow}, CheckRedirect: egress.CheckRedirect}
 }
 
 // secureOrLoopback is the default of where a token may go.
@@ -162,15 +164,6 @@ func secureOrLoopback(u *url.URL) bool {
 	}
 	h := u.Hostname()
 	return strings.EqualFold(u.Scheme, "http") && (h == "localhost" || h == "127.0.0.1" || h == "::1")
-}
-
-// sameHostRedirect follows a redirect only on the same host and scheme.
-func sameHostRedirect(req *http.Request, via []*http.Request) error {
-	prev := via[len(via)-1].URL
-	if len(via) >= 5 || !strings.EqualFold(prev.Host, req.URL.Host) || !strings.EqualFold(prev.Scheme, req.URL.Scheme) {
-		return fmt.Errorf("forge: refused a redirect from %s to %s", prev.Host, req.URL.Host)
-	}
-	return nil
 }
 
 type gitAuthTransport struct {

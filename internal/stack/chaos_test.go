@@ -27,15 +27,7 @@ import (
 
 // buildNATSServer builds nats-server from the module's dependency.
 func buildNATSServer(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "nats-server")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
-	cmd.Dir = filepath.Join("..", "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build nats-server: %v\n%s", err, out)
-	}
-	return bin
+	return goBuild(t, "github.com/nats-io/nats-server/v2", "nats-server")
 }
 
 func freePort(t *testing.T) int {

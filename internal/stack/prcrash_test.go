@@ -15,19 +15,23 @@ import (
 	"github.com/leviathan-dev/leviathan/events"
 )
 
-// buildLeviathan builds the binary, for tests that kill a service with
-// SIGKILL as a crash would.
-func buildLeviathan(t *testing.T) string {
+// goBuild builds the main package pkg (from the repository root, with
+// CGO off) into a temp dir and returns the binary's path.
+func goBuild(t *testing.T, pkg, name string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "leviathan")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/leviathan")
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
 	cmd.Dir = filepath.Join("..", "..")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }
+
+// buildLeviathan builds the binary, for tests that kill a service with
+// SIGKILL as a crash would.
+func buildLeviathan(t *testing.T) string { return goBuild(t, "./cmd/leviathan", "leviathan") }
 
 // lockedBuffer is a process's output, written by its copier goroutines.
 type lockedBuffer struct {
