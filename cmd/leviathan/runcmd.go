@@ -11,6 +11,8 @@ import (
 
 	"github.com/leviathan-dev/leviathan/internal/stack"
 	"github.com/leviathan-dev/leviathan/internal/stage"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // cmdRun runs one service against an existing NATS deployment: the mode of
@@ -89,13 +91,22 @@ func cmdSetup(ctx context.Context, args []string, env environment, stdout, stder
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	logger := newLogger(stderr, env.LogLevel)
-	nc, js, err := stack.Dial(*url, "setup", env.natsOptions()...)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
+	var nc *nats.Conn
+	var js jetstream.JetStream
+	defer func() {
+		if nc != nil {
+			nc.Close()
+		}
+	}()
+	// The connection is retried as the set-up is: the Job may start
+	// before NATS, or while a busy server is slow to greet it.
 	for delay := 250 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
-		err = stack.Setup(ctx, js, replicas, logger)
+		if nc == nil {
+			nc, js, err = stack.Dial(*url, "setup", env.natsOptions()...)
+		}
+		if err == nil {
+			err = stack.Setup(ctx, js, replicas, logger)
+		}
 		if err == nil || ctx.Err() != nil {
 			break
 		}

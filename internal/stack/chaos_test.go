@@ -223,7 +223,7 @@ func runChaos(t *testing.T, bin, natsBin string, n int, rng *rand.Rand) chaosRes
 		all = append(all, services[name])
 	}
 
-	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := nats.Connect(natsURL, nats.Timeout(10*time.Second), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
