@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/url"
 	"regexp"
@@ -49,6 +50,9 @@ func credentialIn(s string) string {
 // field that holds it ("target.repo_url", "task.description"; "body" when
 // the body is not JSON) and what it looks like, or "" and "".
 func FindCredential(data []byte) (field, what string) {
+	if !mayHoldCredential(data) {
+		return "", ""
+	}
 	// The text as a whole first, JSON escapes undone where they could hide
 	// a '@', '/', '?', '&' or '=': it sees what a decoder would drop (a
 	// duplicate key's earlier value) and what is not JSON at all.
@@ -75,6 +79,23 @@ func FindCredential(data []byte) (field, what string) {
 		}
 	}
 	return findIn(v, "")
+}
+
+// mayHoldCredential is false only when no credential pattern can match
+// data in any of the forms FindCredential checks: without an escape or a
+// percent sign, every form is data itself, and each pattern needs an '@'
+// (user info), an '=' (a query) or a forge token's prefix. It spares the
+// patterns the bodies of nearly every request.
+func mayHoldCredential(data []byte) bool {
+	if bytes.ContainsAny(data, `\%@=`) {
+		return true
+	}
+	for _, prefix := range []string{"gh", "github_pat_", "glpat-"} {
+		if bytes.Contains(data, []byte(prefix)) {
+			return true
+		}
+	}
+	return false
 }
 
 // findIn walks a decoded JSON value, keys included, in a stable order.

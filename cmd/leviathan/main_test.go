@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"regexp"
@@ -11,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/internal/stack"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -120,7 +125,7 @@ func TestHelpAndVersion(t *testing.T) {
 	for _, args := range [][]string{
 		{"-h"}, {"--help"}, {"--version"}, {"version"},
 		{"dev", "-h"}, {"demo", "-h"}, {"setup", "-h"}, {"run", "-h"}, {"run", "clone", "-h"}, {"submit", "-h"},
-		{"watch", "-h"}, {"retry", "-h"}, {"summary", "-h"}, {"config", "-h"},
+		{"watch", "-h"}, {"retry", "-h"}, {"summary", "-h"}, {"config", "-h"}, {"verify", "-h"},
 	} {
 		var out bytes.Buffer
 		if err := run(context.Background(), args, env(nil), &out, &out); err != nil {
@@ -152,5 +157,70 @@ func TestWatchUnknownAndRejected(t *testing.T) {
 	err = run(ctx, []string{"watch", "--nats-url", s.NATSURL, "a-rej"}, env(nil), &out, &out)
 	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "attempt rejected") {
 		t.Fatalf("watch of a rejected attempt: %v\n%s", err, out.String())
+	}
+}
+
+// TestVerify: the hash chain of a stack that ran an attempt, a rejected
+// request with a credential (erased from the stream by clone) and an
+// ingested bundle holds; once an event is deleted from the stream,
+// verify names its sequence and exits 1.
+func TestVerify(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	e := env(map[string]string{"LEVIATHAN_CONTROL_PLANE_TOKEN": s.ControlToken(), "LEVIATHAN_CONTROL_PLANE_URL": s.ControlURL, "NATS_URL": s.NATSURL})
+	var out bytes.Buffer
+	if err := run(ctx, []string{"submit", "--target", "demo", "--repo-url", s.DemoRepoURL(),
+		"--task-id", "T-v", "--title", "Chained", "--attempt-id", "a-v", "--wait"}, e, &out, &out); err != nil {
+		t.Fatalf("submit: %v\n%s", err, out.String())
+	}
+	// A request carrying a credential: rejected, then erased.
+	secret := `{"target":{"name":"demo","repo_url":"https://x-access-token:ghp_0123456789abcdef0123456789abcdef0123@example.com/o/r.git"},"task":{"id":"T-s","title":"x"}}`
+	if err := s.NATS().Publish("leviathan.attempts.a-secret.attempt.requested", []byte(secret)); err != nil {
+		t.Fatal(err)
+	}
+	err = run(ctx, []string{"watch", "a-secret"}, e, &out, &out)
+	if exitCode(err) != 2 {
+		t.Fatalf("watch of the rejected request: %v\n%s", err, out.String())
+	}
+	js, _ := jetstream.New(s.NATS())
+	st, err := js.Stream(ctx, stage.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the projector to have applied everything in the stream.
+	for {
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Applied() >= info.State.LastSeq {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	out.Reset()
+	if err := run(ctx, []string{"verify"}, e, &out, &out); err != nil || !strings.Contains(out.String(), "chain verified") {
+		t.Fatalf("verify of an intact stream: %v\n%s", err, out.String())
+	}
+	// Delete the attempt's attempt.created from the stream.
+	msg, err := st.GetLastMsgForSubject(ctx, events.Subject("a-v", events.AttemptCreated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(ctx, msg.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	err = run(ctx, []string{"verify"}, e, &out, &out)
+	want := fmt.Sprintf("chain broken at stream sequence %d", msg.Sequence)
+	if exitCode(err) != 1 || !strings.Contains(out.String(), want) || !strings.Contains(out.String(), "no longer in the stream") {
+		t.Fatalf("verify after a deletion: %v\n%s\nwant %q", err, out.String(), want)
 	}
 }

@@ -29,6 +29,7 @@ Usage:
   leviathan watch    [attempt] [flags]  follow one attempt to its end, or every event live
   leviathan retry    <attempt> [flags]  a new attempt for a failed one's task, reusing its pushed branch
   leviathan summary  [flags]            print the graph summary from the control plane API
+  leviathan verify   [flags]            replay the stream and check the control plane's hash chain
   leviathan config   get|set|list|delete  per-target guardrails in the leviathan-config bucket
   leviathan version
 
@@ -85,6 +86,8 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		return cmdRetry(ctx, args[1:], env, stdout, stderr)
 	case "summary":
 		return cmdSummary(ctx, args[1:], env, stdout, stderr)
+	case "verify":
+		return cmdVerify(ctx, args[1:], env, stdout, stderr)
 	case "config":
 		return cmdConfig(ctx, args[1:], env, stdout, stderr)
 	case "version", "--version", "-version":

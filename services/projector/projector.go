@@ -443,3 +443,35 @@ func (p *Projector) saveSnapshot(ctx context.Context, obs jetstream.ObjectStore,
 	p.metrics.snapshotBytes.Set(float64(len(data)))
 	p.logger.Debug("projector: snapshot stored", "seq", meta.Seq, "bytes", len(data), "took", time.Since(start).Round(time.Millisecond))
 }
+
+// Replay projects the stream into a new graph, as a projector started
+// without a snapshot does, up to the stream's last sequence when it
+// starts, and returns that graph. start, when not nil, is the chain hash
+// the first event links to: for a stream whose first messages have aged
+// out, the hash recorded before them. `leviathan verify` compares the
+// replay's chain with the running projector's.
+func Replay(ctx context.Context, res *stage.Resources, start *graph.Hash, logger *slog.Logger) (*graph.Graph, error) {
+	p := New(res, Config{NoSnapshots: true, Logger: logger})
+	if start != nil {
+		p.Graph().StartChain(*start)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.Run(rctx) }()
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !p.Ready() {
+		select {
+		case err := <-done:
+			if err == nil {
+				err = ctx.Err()
+			}
+			return nil, fmt.Errorf("replay: %w", err)
+		case <-t.C:
+		}
+	}
+	cancel()
+	<-done
+	return p.Graph(), nil
+}

@@ -105,6 +105,7 @@ func (a *API) Handler() http.Handler {
 	v1.Handle("/v1/failures", methods{"GET": a.failures})
 	v1.Handle("/v1/events/recent", methods{"GET": a.recent})
 	v1.Handle("/v1/events/ingest", methods{"POST": a.ingest})
+	v1.Handle("/v1/events/chain", methods{"GET": a.chain})
 	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusNotFound, "Not Found")
 	})
@@ -236,13 +237,14 @@ func (a *API) failures(w http.ResponseWriter, r *http.Request) {
 
 // RecentEventView is one element of GET /v1/events/recent: upstream's
 // event_id, event_type, timestamp, actor_id and payload (read back from
-// the stream), plus the target and attempt.
+// the stream) and hash, plus the target and attempt.
 type RecentEventView struct {
 	EventID   string          `json:"event_id"`
 	EventType string          `json:"event_type"`
 	Timestamp time.Time       `json:"timestamp"`
 	ActorID   string          `json:"actor_id"`
 	Payload   json.RawMessage `json:"payload"`
+	Hash      *string         `json:"hash"`
 	Target    string          `json:"target"`
 	AttemptID string          `json:"attempt_id"`
 }
@@ -272,7 +274,7 @@ func (a *API) recent(w http.ResponseWriter, r *http.Request) {
 			v.EventID = e.EventID
 		}
 		out = append(out, RecentEventView{EventID: v.EventID, EventType: e.EventType, Timestamp: e.Timestamp,
-			ActorID: e.ActorID, Payload: v.Payload, Target: e.Target, AttemptID: e.AttemptID})
+			ActorID: e.ActorID, Payload: v.Payload, Hash: v.Hash, Target: e.Target, AttemptID: e.AttemptID})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -285,7 +287,10 @@ type EventView struct {
 	Timestamp time.Time       `json:"timestamp"`
 	ActorID   string          `json:"actor_id"`
 	Payload   json.RawMessage `json:"payload"`
-	Seq       uint64          `json:"seq"`
+	// Hash is the event's link in the hash chain; null for an event not
+	// chained (a duplicate, or a request that carried a credential).
+	Hash *string `json:"hash"`
+	Seq  uint64  `json:"seq"`
 }
 
 // attempt answers the attempt's node, its events and what it produced. The
@@ -312,6 +317,10 @@ func (a *API) readEvent(ctx context.Context, s graph.Step) EventView {
 	if s.Seq == 0 {
 		return v
 	}
+	if h, ok := a.p.Graph().HashAt(s.Seq); ok {
+		hx := events.HashHex(h)
+		v.Hash = &hx
+	}
 	msg, err := a.res.Stream.GetMsg(ctx, s.Seq)
 	if err != nil {
 		// Aged out of the stream (MaxAge): the graph still has the step.
@@ -323,6 +332,50 @@ func (a *API) readEvent(ctx context.Context, s graph.Step) EventView {
 		v.EventID, v.Payload = "seq-"+strconv.FormatUint(s.Seq, 10), msg.Data
 	}
 	return v
+}
+
+// ChainLinkView is one link of GET /v1/events/chain.
+type ChainLinkView struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// ChainView is the body of GET /v1/events/chain: the links after
+// after_seq, oldest first (up to limit, default and at most 10,000), the
+// newest link, and how many there are in all. `leviathan verify` pages
+// through it and compares it with its own replay of the stream.
+type ChainView struct {
+	Links []ChainLinkView `json:"links"`
+	Head  *ChainLinkView  `json:"head"`
+	Count int             `json:"count"`
+}
+
+// MaxChainPage is the most links one GET /v1/events/chain answers.
+const MaxChainPage = 10_000
+
+func (a *API) chain(w http.ResponseWriter, r *http.Request) {
+	n, ok := limit(w, r, MaxChainPage)
+	if !ok {
+		return
+	}
+	var after uint64
+	if s := r.URL.Query().Get("after_seq"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			writeDetail(w, http.StatusUnprocessableEntity, "after_seq must be a stream sequence (a non-negative integer)")
+			return
+		}
+		after = v
+	}
+	g := a.p.Graph()
+	out := ChainView{Links: []ChainLinkView{}}
+	if head, count, ok := g.ChainHead(); ok {
+		out.Head, out.Count = &ChainLinkView{Seq: head.Seq, Hash: events.HashHex(head.Hash)}, count
+	}
+	for _, l := range g.Links(after, min(max(n, 0), MaxChainPage)) {
+		out.Links = append(out.Links, ChainLinkView{Seq: l.Seq, Hash: events.HashHex(l.Hash)})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) invalidate(w http.ResponseWriter, r *http.Request) {

@@ -505,3 +505,95 @@ func TestRecordEventsMakeNodes(t *testing.T) {
 		t.Fatalf("summary after artifact.created: %v", sum["nodes_by_type"])
 	}
 }
+
+// workerBundle is one POST of the PR Proof v1 worker
+// (leviathan/executor/pr_proof_v1/__main__.py, post_event_to_control_plane)
+// byte for byte as requests' json= sends it: Python's json.dumps with its
+// default separators, keys in the dict's order, a uuid4 event id, a
+// timestamp from datetime.utcnow().isoformat().
+func workerBundle(attempt, eventID, typ, ts, payload string) string {
+	return `{"target": "docs", "bundle_id": "bundle-` + attempt + `", "events": [{"event_id": "` + eventID +
+		`", "event_type": "` + typ + `", "timestamp": "` + ts + `", "actor_id": "pr-proof-v1-` + attempt +
+		`", "payload": ` + payload + `}], "artifacts": []}`
+}
+
+// TestThePythonWorkersExactBundles replays what the worker posts for an
+// attempt id as upstream's dev_autonomy makes it (a task id with a dot)
+// that succeeds, and for one that fails: every bundle is taken, the graph
+// has the attempt under its own id, the failure is listed with its
+// error_summary, and every event shows in the log with its chain hash.
+func TestThePythonWorkersExactBundles(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	const ok, bad = "attempt-docs.v2-1a2b3c4d", "attempt-docs.v3-5e6f7a8b"
+	ids := func(a string) string {
+		return `"attempt_id": "` + a + `", "task_id": "` + strings.TrimSuffix(strings.TrimPrefix(a, "attempt-"), a[len(a)-9:]) + `", "target_id": "docs"`
+	}
+	pr := `"pr_number": 3, "pr_url": "https://github.com/o/docs/pull/3"`
+	bundles := []string{
+		workerBundle(ok, "3f0c6a38-0b7e-4d0e-9a52-0d6b1f3e0001", "attempt.created", "2026-11-30T09:00:00.123456", `{`+ids(ok)+`, "attempt_number": 1, "status": "created"}`),
+		workerBundle(ok, "3f0c6a38-0b7e-4d0e-9a52-0d6b1f3e0002", "attempt.started", "2026-11-30T09:00:00.234567", `{`+ids(ok)+`, "status": "running"}`),
+		workerBundle(ok, "3f0c6a38-0b7e-4d0e-9a52-0d6b1f3e0003", "pr.created", "2026-11-30T09:00:04.5", `{`+ids(ok)+`, `+pr+`, "branch_name": "agent/backlog-propose-`+ok+`", "commit_sha": "0123456789abcdef0123456789abcdef01234567"}`),
+		workerBundle(ok, "3f0c6a38-0b7e-4d0e-9a52-0d6b1f3e0004", "attempt.succeeded", "2026-11-30T09:00:04.600001", `{`+ids(ok)+`, "status": "succeeded", `+pr+`}`),
+		workerBundle(bad, "3f0c6a38-0b7e-4d0e-9a52-0d6b1f3e0005", "attempt.created", "2026-11-30T09:01:00", `{`+ids(bad)+`, "attempt_number": 1, "status": "created"}`),
+		workerBundle(bad, "3f0c6a38-0b7e-4d0e-9a52-0d6b1f3e0006", "attempt.started", "2026-11-30T09:01:00.5", `{`+ids(bad)+`, "status": "running"}`),
+		workerBundle(bad, "3f0c6a38-0b7e-4d0e-9a52-0d6b1f3e0007", "attempt.failed", "2026-11-30T09:01:02.25", `{`+ids(bad)+`, "status": "failed", "failure_type": "execution_error", "error_summary": "Push failed: 403 \u00e9"}`),
+	}
+	for i, b := range bundles {
+		status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, b)
+		if status != 200 || body["ingested"] != 1.0 || body["status"] != "ok" || body["skipped"] != nil {
+			t.Fatalf("bundle %d: %d %v", i, status, body)
+		}
+	}
+
+	_, body, _ := r.do(t, "GET", "/v1/attempts/"+ok, bearer, "")
+	node, _ := body["attempt_node"].(map[string]any)
+	if node == nil || node["node_id"] != ok || node["properties"].(map[string]any)["status"] != "succeeded" || len(body["events"].([]any)) != 4 {
+		t.Fatalf("attempt %s: %v", ok, body)
+	}
+	for _, e := range body["events"].([]any) {
+		if h, _ := e.(map[string]any)["hash"].(string); len(h) != 64 {
+			t.Fatalf("event without a chain hash: %v", e)
+		}
+	}
+	_, body, _ = r.do(t, "GET", "/v1/failures", bearer, "")
+	fs := body["failures"].([]any)
+	if len(fs) != 1 || fs[0].(map[string]any)["attempt_id"] != bad || fs[0].(map[string]any)["error"] != "Push failed: 403 é" ||
+		fs[0].(map[string]any)["failure_type"] != "execution_error" {
+		t.Fatalf("failures %v", fs)
+	}
+	_, body, _ = r.do(t, "GET", "/v1/graph/summary", bearer, "")
+	if got := fmt.Sprint(body["nodes_by_type"]); got != "map[Attempt:2 Commit:1 PullRequest:1 Target:1 Task:2]" {
+		t.Fatalf("nodes %s", got)
+	}
+
+	// The log, newest first, chained oldest to newest: each hash is the
+	// one its event's canonical JSON and its predecessor's hash give.
+	status, raw := r.get(t, "/v1/events/recent?limit=0", testToken)
+	var list []struct {
+		EventID   string          `json:"event_id"`
+		EventType string          `json:"event_type"`
+		ActorID   string          `json:"actor_id"`
+		Timestamp string          `json:"timestamp"`
+		Payload   json.RawMessage `json:"payload"`
+		Hash      string          `json:"hash"`
+	}
+	if err := json.Unmarshal(raw, &list); status != 200 || err != nil || len(list) != len(bundles) {
+		t.Fatalf("recent: %d %v %s", status, err, raw)
+	}
+	var prev *[32]byte
+	for i := len(list) - 1; i >= 0; i-- {
+		e := list[i]
+		// Ingest stores the timestamp in UTC (RFC 3339), as the list shows it.
+		c, err := events.CanonicalEvent(e.EventID, e.EventType, e.ActorID, e.Timestamp, e.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := events.ChainHash(c, prev)
+		if events.HashHex(h) != e.Hash {
+			t.Fatalf("event %d (%s): hash %s, the chain gives %s", i, e.EventType, e.Hash, events.HashHex(h))
+		}
+		prev = &h
+	}
+}

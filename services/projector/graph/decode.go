@@ -9,6 +9,8 @@ import (
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/leviathan-dev/leviathan/events"
 )
 
 // record is the projector's view of one event: the envelope fields and the
@@ -35,6 +37,11 @@ type record struct {
 	// artifact.created
 	artifactID, sha256, artifactType, storagePath []byte
 	sizeBytes                                     int64
+
+	// pending is the event's hash chain link begun, when chain says it
+	// is chained (canonicalize).
+	pending events.Pending
+	chain   bool
 }
 
 // errNotObject is returned for a document that is not a JSON object.

@@ -94,6 +94,11 @@ type Graph struct {
 	// applied event ends (stageEnd).
 	onStage StageFunc
 
+	// links is the hash chain, one link per event chained (chain.go);
+	// chainStart, when set, is the hash the first link follows.
+	links      []Link
+	chainStart *Hash
+
 	// statuses counts the attempt records by status (0: none yet),
 	// indexed by the status symbol.
 	statuses []int
@@ -267,6 +272,7 @@ func (g *Graph) Apply(env events.Envelope) bool {
 	if ok, err := decodeEnvelope(data, &r); !ok || err != nil {
 		return false
 	}
+	r.canonicalize(data, false, time.Time{})
 	return g.apply(&r)
 }
 
@@ -318,6 +324,7 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 		return false
 	}
 	g.applied++
+	g.link(r)
 	typ := g.syms.intern(r.typ)
 	actor := g.syms.intern(r.actor)
 	tgt := g.syms.intern(r.target)

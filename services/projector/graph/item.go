@@ -28,8 +28,10 @@ type Item struct {
 // that is neither is kept as an error (Err) that ApplyItems skips.
 func (it *Item) Decode(seq uint64, subject string, data []byte, at time.Time) {
 	*it = Item{rec: record{seq: seq}, Pending: it.Pending}
-	if err := decodeMessage(subject, data, at, &it.rec); err != nil {
+	if bare, err := decodeMessage(subject, data, at, &it.rec); err != nil {
 		it.err, it.subject = err, subject
+	} else {
+		it.rec.canonicalize(data, bare, at)
 	}
 	it.uid, it.isUUID = parseUUID(it.rec.id)
 }
@@ -45,6 +47,8 @@ func (it *Item) DecodeEnvelope(seq uint64, data []byte) {
 	*it = Item{rec: record{seq: seq}, Pending: it.Pending}
 	if ok, err := decodeEnvelope(data, &it.rec); !ok || err != nil || len(it.rec.attempt) == 0 {
 		it.err = ErrNeedsSubject
+	} else {
+		it.rec.canonicalize(data, false, time.Time{})
 	}
 	it.uid, it.isUUID = parseUUID(it.rec.id)
 }
@@ -62,26 +66,26 @@ func (it *Item) Subject() string { return it.subject }
 // request body a user published with `nats pub`, which gets its attempt id
 // and type from the subject and an id from its sequence (two bare copies
 // of one request are two messages, and both show).
-func decodeMessage(subject string, data []byte, at time.Time, r *record) error {
+func decodeMessage(subject string, data []byte, at time.Time, r *record) (bare bool, err error) {
 	isEnvelope, err := decodeEnvelope(data, r)
 	if err != nil && !errors.Is(err, errNotObject) {
-		return err
+		return false, err
 	}
 	attemptID, typ, serr := events.ParseSubject(subject)
 	if isEnvelope {
 		if len(r.attempt) == 0 && serr == nil {
 			r.attempt = []byte(attemptID)
 		}
-		return nil
+		return false, nil
 	}
 	if serr != nil || typ != events.AttemptRequested || err != nil {
-		return errors.New("neither an event envelope nor a bare request")
+		return false, errors.New("neither an event envelope nor a bare request")
 	}
 	if err := decodeBareRequest(data, r); err != nil {
-		return err
+		return false, err
 	}
 	r.id = []byte("seq-" + strconv.FormatUint(r.seq, 10))
 	r.typ, r.attempt, r.actor = []byte(typ), []byte(attemptID), []byte("user:nats")
 	r.ts = at.UTC().UnixNano()
-	return nil
+	return true, nil
 }

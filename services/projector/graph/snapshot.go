@@ -20,7 +20,8 @@ import (
 //	magic "LVGRAPH\n", version, stream created (varint unix ns), seq, applied
 //	symbols (from 1), targets, tasks, commits, pulls, attempt records,
 //	attempt nodes (record indices in node order), each target's attempts,
-//	failures, recent events, seen event ids (sorted), other ids (sorted)
+//	failures, recent events, artifacts, the hash chain (start, links),
+//	seen event ids (sorted), other ids (sorted)
 //
 // References between nodes are positions in the creation-order slices,
 // plus one where nil is possible. Applying the same events gives the same
@@ -30,7 +31,7 @@ const (
 	// SnapshotVersion changes with any change of the layout or of what the
 	// graph derives from events: a snapshot of another version is ignored
 	// and the stream replayed from the start.
-	SnapshotVersion = 3
+	SnapshotVersion = 4
 )
 
 // errSnapshotVersion is returned for a snapshot of another format version.
@@ -159,6 +160,19 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 		w.str(a.path)
 		w.int(a.size)
 		w.ref(a.producer != nil, producerIdx(a.producer))
+	}
+	if g.chainStart != nil {
+		w.uint(1)
+		w.buf = append(w.buf, g.chainStart[:]...)
+	} else {
+		w.uint(0)
+	}
+	w.uint(uint64(len(g.links)))
+	var prevSeq uint64
+	for _, l := range g.links {
+		w.uint(l.Seq - prevSeq)
+		w.buf = append(w.buf, l.Hash[:]...)
+		prevSeq = l.Seq
 	}
 	ids := g.seen.appendTo(make([]uuid.UUID, 0, g.seen.len()))
 	other := make([]string, 0, len(g.seenOther))
@@ -358,6 +372,24 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 		}
 		g.artifacts = append(g.artifacts, a)
 		g.byArtifact[a.id] = a
+	}
+	switch r.uint() {
+	case 0:
+	case 1:
+		var h Hash
+		copy(h[:], r.bytes(len(h)))
+		g.chainStart = &h
+	default:
+		r.fail("bad chain start")
+	}
+	n = r.count(1 + len(Hash{}))
+	g.links = make([]Link, 0, n)
+	var prevSeq uint64
+	for i := 0; i < n && r.err == nil; i++ {
+		l := Link{Seq: prevSeq + r.uint()}
+		copy(l.Hash[:], r.bytes(len(l.Hash)))
+		g.links = append(g.links, l)
+		prevSeq = l.Seq
 	}
 	n = r.count(16)
 	g.seen.reserve(n)

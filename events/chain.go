@@ -1,0 +1,667 @@
+package events
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The hash chain over the event log, as the Python control plane keeps it
+// (leviathan/graph/events.py, Event.compute_hash): every event's hash is
+// the SHA-256, in lowercase hex, of the canonical JSON of
+//
+//	{actor_id, event_id, event_type, payload, prev_hash, timestamp}
+//
+// where prev_hash is the hash of the event before it in the log (null for
+// the first) and the JSON is Python's json.dumps(..., sort_keys=True,
+// separators=(",", ":")): keys sorted at every level, no spaces, non-ASCII
+// escaped as \uXXXX, floats as Python's repr, and timestamp as Python's
+// datetime.isoformat() (microseconds only when not zero; the offset as
+// "+hh:mm", none for a timestamp without a zone). An event with the same
+// fields hashes the same here and there, so either side can check the
+// other's chain. Fields of the envelope outside those six (attempt_id,
+// target_id) are not covered, as upstream has no such fields.
+//
+// The canonical JSON is returned in two parts around the prev_hash value
+// (Canonical), so that the part which does not depend on the chain can be
+// made in parallel and only ChainHash runs in log order.
+
+// Canonical is an event's canonical JSON without its prev_hash value: Head
+// ends with `"prev_hash":`, Tail starts with `,"timestamp":`.
+type Canonical struct {
+	Head, Tail []byte
+}
+
+// ChainHash is the hash of the event c whose predecessor's hash is prev
+// (nil: the first event).
+func ChainHash(c Canonical, prev *[sha256.Size]byte) [sha256.Size]byte {
+	return c.Begin().Finish(prev)
+}
+
+// Pending is an event's hash begun: its canonical JSON up to prev_hash
+// absorbed, which needs no other event. Finish completes it in chain
+// order.
+type Pending struct {
+	h    hash.Hash
+	tail []byte
+}
+
+// Begin absorbs c's Head.
+func (c Canonical) Begin() Pending {
+	h := sha256.New()
+	h.Write(c.Head)
+	return Pending{h: h, tail: c.Tail}
+}
+
+// Finish is the hash of the event whose predecessor's hash is prev (nil:
+// the first event). A Pending is finished once.
+func (p Pending) Finish(prev *[sha256.Size]byte) [sha256.Size]byte {
+	if prev == nil {
+		p.h.Write([]byte("null"))
+	} else {
+		var buf [2*sha256.Size + 2]byte
+		buf[0], buf[len(buf)-1] = '"', '"'
+		hex.Encode(buf[1:], prev[:])
+		p.h.Write(buf[:])
+	}
+	p.h.Write(p.tail)
+	var sum [sha256.Size]byte
+	p.h.Sum(sum[:0])
+	return sum
+}
+
+// Valid says the hash is begun (the zero Pending is not).
+func (p Pending) Valid() bool { return p.h != nil }
+
+// CanonicalEvent is the canonical form of an event with these fields;
+// payload is its JSON. An empty actor is null (upstream's None).
+func CanonicalEvent(eventID, eventType, actor, timestamp string, payload []byte) (Canonical, error) {
+	p := parsers.Get().(*canonParser)
+	defer p.release()
+	p.data, p.i = payload, 0
+	if err := p.payload(); err != nil {
+		return Canonical{}, err
+	}
+	return p.event(nil, []byte(eventID), []byte(eventType), []byte(actor), []byte(timestamp)), nil
+}
+
+// CanonicalEnvelope is the canonical form of the event in an envelope's
+// JSON.
+func CanonicalEnvelope(data []byte) (Canonical, error) {
+	p := parsers.Get().(*canonParser)
+	defer p.release()
+	if err := p.envelope(data); err != nil {
+		return Canonical{}, err
+	}
+	return p.event(nil, p.id, p.typ, p.actor, p.ts), nil
+}
+
+// BeginEnvelope is CanonicalEnvelope(data).Begin(), without keeping the
+// canonical JSON: what a projector does for every event it reads.
+func BeginEnvelope(data []byte) (Pending, error) {
+	p := parsers.Get().(*canonParser)
+	defer p.release()
+	if err := p.envelope(data); err != nil {
+		return Pending{}, err
+	}
+	p.head = p.event(p.head[:0], p.id, p.typ, p.actor, p.ts).Head
+	h := sha256.New()
+	h.Write(p.head)
+	return Pending{h: h, tail: p.tail}, nil
+}
+
+// parsers keeps canonParsers, whose buffers make most canonical forms
+// allocate only their result.
+var parsers = sync.Pool{New: func() any { return new(canonParser) }}
+
+func (p *canonParser) release() {
+	p.data, p.i, p.ms = nil, 0, p.ms[:0]
+	p.id, p.typ, p.actor, p.ts, p.tail = nil, nil, nil, nil, nil
+	parsers.Put(p)
+}
+
+// reuse is b emptied, never nil (value only skips for nil).
+func reuse(b []byte) []byte {
+	if b == nil {
+		return make([]byte, 0, 512)
+	}
+	return b[:0]
+}
+
+// payload canonicalizes the JSON value in p.data into p.canon.
+func (p *canonParser) payload() error {
+	var err error
+	if p.canon, err = p.value(reuse(p.canon), 0); err != nil {
+		return fmt.Errorf("payload: %w", err)
+	}
+	if p.skip(); p.i != len(p.data) {
+		return errors.New("payload: data after the value")
+	}
+	return nil
+}
+
+// envelope reads an envelope's six fields, the payload canonicalized.
+func (p *canonParser) envelope(data []byte) error {
+	p.data, p.i = data, 0
+	p.skip()
+	if p.i >= len(p.data) || p.data[p.i] != '{' {
+		return errCanonSyntax
+	}
+	hasPayload := false
+	err := p.members(func(key []byte, _ bool, _ int) error {
+		var err error
+		switch string(key) {
+		case "event_id":
+			p.id, _, err = p.strBytes()
+		case "event_type":
+			p.typ, _, err = p.strBytes()
+		case "actor_id":
+			if p.literal("null") {
+				p.actor = nil
+				return nil
+			}
+			p.actor, _, err = p.strBytes()
+		case "timestamp":
+			p.ts, _, err = p.strBytes()
+		case "payload":
+			hasPayload = true
+			p.canon, err = p.value(reuse(p.canon), 0)
+		default:
+			_, err = p.value(nil, 0)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if p.skip(); p.i != len(p.data) {
+		return errCanonSyntax
+	}
+	if !hasPayload {
+		return errors.New("envelope without a payload")
+	}
+	return nil
+}
+
+// event appends the Head of the event (its payload canonicalized in
+// p.canon) to head and sets its Tail.
+func (p *canonParser) event(head, id, typ, actor, ts []byte) Canonical {
+	if head == nil {
+		head = make([]byte, 0, len(p.canon)+len(id)+len(typ)+len(actor)+64)
+	}
+	head = append(head, `{"actor_id":`...)
+	if len(actor) == 0 {
+		head = append(head, "null"...)
+	} else {
+		head = appendPyString(head, actor)
+	}
+	head = append(head, `,"event_id":`...)
+	head = appendPyString(head, id)
+	head = append(head, `,"event_type":`...)
+	head = appendPyString(head, typ)
+	head = append(head, `,"payload":`...)
+	head = append(head, p.canon...)
+	head = append(head, `,"prev_hash":`...)
+	tail := make([]byte, 0, 56)
+	tail = append(tail, `,"timestamp":`...)
+	p.iso = appendIsoFormat(p.iso[:0], ts)
+	tail = appendPyString(tail, p.iso)
+	tail = append(tail, '}')
+	p.tail = tail
+	return Canonical{Head: head, Tail: tail}
+}
+
+// IsoFormat writes an event timestamp as Python's datetime.isoformat()
+// writes the datetime pydantic parses from it: at microsecond precision
+// (truncated), the fraction only when not zero, the zone as "+hh:mm" and
+// none for a timestamp without one. A timestamp that parses as neither is
+// kept as it is.
+func IsoFormat(ts string) string { return string(appendIsoFormat(nil, []byte(ts))) }
+
+func appendIsoFormat(b, ts []byte) []byte {
+	// The form Leviathan writes, YYYY-MM-DDTHH:MM:SS[.f…]Z, without
+	// parsing: digits are kept as they are (an impossible date, which
+	// Python would refuse, hashes as written).
+	if n := len(ts); n >= 20 && ts[n-1] == 'Z' && ts[4] == '-' && ts[7] == '-' && ts[10] == 'T' && ts[13] == ':' && ts[16] == ':' && allDigits(ts[:4], ts[5:7], ts[8:10], ts[11:13], ts[14:16], ts[17:19]) {
+		frac := ts[19 : n-1]
+		if len(frac) == 0 || frac[0] == '.' && len(frac) > 1 && allDigits(frac[1:]) {
+			b = append(b, ts[:19]...)
+			if len(frac) > 1 {
+				us := [6]byte{'0', '0', '0', '0', '0', '0'}
+				copy(us[:], frac[1:min(len(frac), 7)])
+				if string(us[:]) != "000000" {
+					b = append(b, '.')
+					b = append(b, us[:]...)
+				}
+			}
+			return append(b, "+00:00"...)
+		}
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(ts))
+	naive := false
+	if err != nil {
+		var nerr error
+		for _, layout := range []string{"2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999"} {
+			if t, nerr = time.Parse(layout, string(ts)); nerr == nil {
+				break
+			}
+		}
+		if nerr != nil {
+			return append(b, ts...)
+		}
+		naive = true
+	}
+	b = t.AppendFormat(b, "2006-01-02T15:04:05")
+	if us := t.Nanosecond() / 1000; us != 0 {
+		b = fmt.Appendf(b, ".%06d", us)
+	}
+	if !naive {
+		if _, off := t.Zone(); off == 0 {
+			b = append(b, "+00:00"...)
+		} else {
+			b = t.AppendFormat(b, "-07:00")
+		}
+	}
+	return b
+}
+
+func allDigits(parts ...[]byte) bool {
+	for _, p := range parts {
+		for _, c := range p {
+			if c < '0' || c > '9' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+var errCanonSyntax = errors.New("invalid JSON")
+
+// maxCanonDepth bounds nesting, as the stream's bytes may be hostile.
+const maxCanonDepth = 200
+
+// canonParser reads JSON and writes it in canonical form.
+type canonParser struct {
+	data []byte
+	i    int
+	// ms holds the members of the objects being read (each object's
+	// above the ones of the objects around it); bufs[d] their canonical
+	// values at depth d, until the object is written out sorted.
+	ms   []member
+	bufs [][]byte
+
+	// The envelope's fields (in data, or decoded), its payload
+	// canonicalized, and the buffers of the canonical form.
+	id, typ, actor, ts []byte
+	canon, head, iso   []byte
+	tail               []byte
+}
+
+// member is an object's member: its key (decoded) and its canonical value
+// at bufs[depth][vs:ve].
+type member struct {
+	key       []byte
+	printable bool // key is its own canonical form
+	vs, ve    int
+}
+
+func (p *canonParser) skip() {
+	for p.i < len(p.data) {
+		switch p.data[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+func (p *canonParser) literal(s string) bool {
+	if strings.HasPrefix(string(p.data[p.i:min(len(p.data), p.i+len(s))]), s) {
+		p.i += len(s)
+		return true
+	}
+	return false
+}
+
+// members calls f for each member of the object at p.i with p.i at its
+// value (start is the same position), which f must consume.
+func (p *canonParser) members(f func(key []byte, printable bool, start int) error) error {
+	p.i++ // '{'
+	p.skip()
+	if p.i < len(p.data) && p.data[p.i] == '}' {
+		p.i++
+		return nil
+	}
+	for {
+		p.skip()
+		key, printable, err := p.strBytes()
+		if err != nil {
+			return err
+		}
+		p.skip()
+		if p.i >= len(p.data) || p.data[p.i] != ':' {
+			return errCanonSyntax
+		}
+		p.i++
+		p.skip()
+		if err := f(key, printable, p.i); err != nil {
+			return err
+		}
+		p.skip()
+		if p.i >= len(p.data) {
+			return errCanonSyntax
+		}
+		switch p.data[p.i] {
+		case ',':
+			p.i++
+		case '}':
+			p.i++
+			return nil
+		default:
+			return errCanonSyntax
+		}
+	}
+}
+
+// strBytes reads the string at p.i, decoded: in place when it has no
+// escape. printable says it is also its own canonical form: nothing
+// outside ' '..'~' and no escape.
+func (p *canonParser) strBytes() (s []byte, printable bool, err error) {
+	if p.i >= len(p.data) || p.data[p.i] != '"' {
+		return nil, false, errCanonSyntax
+	}
+	start := p.i
+	plain, ascii := true, true
+	for p.i++; p.i < len(p.data); p.i++ {
+		c := p.data[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			if plain {
+				return p.data[start+1 : p.i-1], ascii, nil
+			}
+			var s string
+			if err := json.Unmarshal(p.data[start:p.i], &s); err != nil {
+				return nil, false, errCanonSyntax
+			}
+			return []byte(s), false, nil
+		case c == '\\':
+			plain = false
+			p.i++
+		case c < 0x20:
+			return nil, false, errCanonSyntax
+		case c >= 0x7f:
+			plain = plain && c == 0x7f // DEL needs no decoding, only escaping
+			ascii = false
+		}
+	}
+	return nil, false, errCanonSyntax
+}
+
+// value appends the canonical form of the value at p.i to b (b nil: only
+// skips it).
+func (p *canonParser) value(b []byte, depth int) ([]byte, error) {
+	if depth > maxCanonDepth {
+		return nil, errors.New("nested too deeply")
+	}
+	p.skip()
+	if p.i >= len(p.data) {
+		return nil, errCanonSyntax
+	}
+	switch c := p.data[p.i]; {
+	case c == '{':
+		if b == nil { // only skipping
+			err := p.members(func([]byte, bool, int) error {
+				_, err := p.value(nil, depth+1)
+				return err
+			})
+			return nil, err
+		}
+		base := len(p.ms)
+		for len(p.bufs) <= depth+1 {
+			p.bufs = append(p.bufs, make([]byte, 0, 256)) // not nil: nil only skips
+		}
+		err := p.members(func(key []byte, printable bool, _ int) error {
+			vs := len(p.bufs[depth+1])
+			v, err := p.value(p.bufs[depth+1], depth+1)
+			if err != nil {
+				return err
+			}
+			p.bufs[depth+1] = v
+			p.ms = append(p.ms, member{key: key, printable: printable, vs: vs, ve: len(v)})
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		ms := p.ms[base:]
+		// Python sorts str keys by code point: the order of their UTF-8.
+		// A repeated key keeps its last value, as a dict does.
+		slices.SortStableFunc(ms, func(x, y member) int { return bytes.Compare(x.key, y.key) })
+		vals := p.bufs[depth+1]
+		b = append(b, '{')
+		first := true
+		for i, m := range ms {
+			if i+1 < len(ms) && bytes.Equal(m.key, ms[i+1].key) {
+				continue
+			}
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			if m.printable {
+				b = append(b, '"')
+				b = append(b, m.key...)
+				b = append(b, '"')
+			} else {
+				b = appendPyString(b, m.key)
+			}
+			b = append(b, ':')
+			b = append(b, vals[m.vs:m.ve]...)
+		}
+		b = append(b, '}')
+		p.ms = p.ms[:base]
+		p.bufs[depth+1] = p.bufs[depth+1][:0]
+		return b, nil
+	case c == '[':
+		p.i++
+		p.skip()
+		if b != nil {
+			b = append(b, '[')
+		}
+		if p.i < len(p.data) && p.data[p.i] == ']' {
+			p.i++
+			if b != nil {
+				b = append(b, ']')
+			}
+			return b, nil
+		}
+		for n := 0; ; n++ {
+			if n > 0 && b != nil {
+				b = append(b, ',')
+			}
+			var err error
+			if b, err = p.value(b, depth+1); err != nil {
+				return nil, err
+			}
+			p.skip()
+			if p.i >= len(p.data) {
+				return nil, errCanonSyntax
+			}
+			if p.data[p.i] == ']' {
+				p.i++
+				if b != nil {
+					b = append(b, ']')
+				}
+				return b, nil
+			}
+			if p.data[p.i] != ',' {
+				return nil, errCanonSyntax
+			}
+			p.i++
+		}
+	case c == '"':
+		start := p.i
+		s, printable, err := p.strBytes()
+		switch {
+		case err != nil || b == nil:
+			return nil, err
+		case printable:
+			return append(b, p.data[start:p.i]...), nil
+		}
+		return appendPyString(b, s), nil
+	case c == 't' || c == 'f' || c == 'n':
+		for _, lit := range []string{"true", "false", "null"} {
+			if p.literal(lit) {
+				if b != nil {
+					b = append(b, lit...)
+				}
+				return b, nil
+			}
+		}
+		return nil, errCanonSyntax
+	case c == '-' || c >= '0' && c <= '9':
+		start := p.i
+		for p.i < len(p.data) && strings.IndexByte("+-0123456789.eE", p.data[p.i]) >= 0 {
+			p.i++
+		}
+		lit := string(p.data[start:p.i])
+		if !json.Valid(p.data[start:p.i]) {
+			return nil, errCanonSyntax
+		}
+		if b == nil {
+			return nil, nil
+		}
+		if !strings.ContainsAny(lit, ".eE") {
+			if lit == "-0" { // Python's int("-0") is 0
+				lit = "0"
+			}
+			return append(b, lit...), nil
+		}
+		f, _ := strconv.ParseFloat(lit, 64) // out of range: ±Inf, as Python has it
+		return appendPyFloat(b, f), nil
+	}
+	return nil, errCanonSyntax
+}
+
+// appendPyString appends s as Python's json.dumps writes a str with
+// ensure_ascii: the short escapes, \u00XX for other control characters,
+// and \uXXXX (UTF-16, lowercase hex) for everything beyond ASCII.
+func appendPyString[S ~string | ~[]byte](b []byte, s S) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	plain := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	for _, r := range string(s) {
+		switch {
+		case r == '"':
+			b = append(b, '\\', '"')
+		case r == '\\':
+			b = append(b, '\\', '\\')
+		case r == '\n':
+			b = append(b, '\\', 'n')
+		case r == '\r':
+			b = append(b, '\\', 'r')
+		case r == '\t':
+			b = append(b, '\\', 't')
+		case r == '\b':
+			b = append(b, '\\', 'b')
+		case r == '\f':
+			b = append(b, '\\', 'f')
+		case r < 0x20 || r > 0x7e:
+			u := func(v rune) {
+				b = append(b, '\\', 'u', hexDigits[v>>12&0xf], hexDigits[v>>8&0xf], hexDigits[v>>4&0xf], hexDigits[v&0xf])
+			}
+			if r > 0xffff {
+				r -= 0x10000
+				u(0xd800 + r>>10)
+				u(0xdc00 + r&0x3ff)
+			} else {
+				u(r)
+			}
+		default:
+			b = append(b, byte(r))
+		}
+	}
+	return append(b, '"')
+}
+
+// appendPyFloat appends f as Python's repr(float) writes it: the shortest
+// digits that round-trip, in fixed notation with at least one decimal
+// when the decimal point falls within (-4, 16], else as d.ddde±XX.
+func appendPyFloat(b []byte, f float64) []byte {
+	switch {
+	case math.IsInf(f, 1):
+		return append(b, "Infinity"...)
+	case math.IsInf(f, -1):
+		return append(b, "-Infinity"...)
+	case math.IsNaN(f):
+		return append(b, "NaN"...)
+	}
+	e := strconv.FormatFloat(f, 'e', -1, 64) // -d.ddde±XX
+	if e[0] == '-' {
+		b = append(b, '-')
+		e = e[1:]
+	}
+	mant, exp, _ := strings.Cut(e, "e")
+	x, _ := strconv.Atoi(exp)
+	digits := strings.Replace(mant, ".", "", 1)
+	decpt := x + 1 // value = 0.digits × 10^decpt
+	if decpt <= -4 || decpt > 16 {
+		b = append(b, digits[0])
+		if len(digits) > 1 {
+			b = append(b, '.')
+			b = append(b, digits[1:]...)
+		}
+		b = append(b, 'e')
+		if x < 0 {
+			b = append(b, '-')
+			x = -x
+		} else {
+			b = append(b, '+')
+		}
+		if x < 10 {
+			b = append(b, '0')
+		}
+		return strconv.AppendInt(b, int64(x), 10)
+	}
+	switch {
+	case decpt <= 0:
+		b = append(b, "0."...)
+		b = append(b, strings.Repeat("0", -decpt)...)
+		b = append(b, digits...)
+	case decpt >= len(digits):
+		b = append(b, digits...)
+		b = append(b, strings.Repeat("0", decpt-len(digits))...)
+		b = append(b, ".0"...)
+	default:
+		b = append(b, digits[:decpt]...)
+		b = append(b, '.')
+		b = append(b, digits[decpt:]...)
+	}
+	return b
+}
+
+// HashHex is a chain hash as the log shows it.
+func HashHex(h [sha256.Size]byte) string { return hex.EncodeToString(h[:]) }
