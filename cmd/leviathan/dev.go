@@ -31,8 +31,12 @@ func cmdDev(ctx context.Context, args []string, env environment, stdout, stderr 
 	fs.SetOutput(stderr)
 	var cfg stack.StackConfig
 	stackFlags(fs, &cfg, ".leviathan-dev", "127.0.0.1:4222", "127.0.0.1:3000", "127.0.0.1:8000")
+	fs.IntVar(&cfg.DemoRepos, "repos", 1, "demo repositories in localforge: demo, demo-2 … demo-N (targets of the same names)")
 	if err := fs.Parse(args); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
+	}
+	if cfg.DemoRepos < 1 || cfg.DemoRepos > 1000 {
+		return &exitError{code: 2, msg: "dev: --repos must be 1 to 1000"}
 	}
 	cfg.ControlToken = env.ControlToken
 	cfg.AllowedHosts, cfg.PrivateHosts = list(env.AllowedHosts), list(env.PrivateHosts)
@@ -67,12 +71,21 @@ or follow one to the end:
 Graph summary (the token is in %s):
   curl -H "Authorization: Bearer $(cat %s)" %s/v1/graph/summary
 
-Ctrl-C stops everything; state is kept in the data directory.
+A repository of your own in localforge (git user: any name; password: the token in %s):
+  leviathan forge repo create acme/atlas --backlog --forge-url %s --token-file %s [--from DIR]
 `, s.NATSURL, s.ForgeURL, s.DemoRepoURL(), s.ControlURL, abs,
 		s.NATSURL, s.DemoRepoURL(), "main",
 		s.NATSURL, s.DemoRepoURL(),
 		s.NATSURL, s.DemoRepoURL(),
-		filepath.Join(abs, "control-plane.token"), filepath.Join(abs, "control-plane.token"), s.ControlURL)
+		filepath.Join(abs, "control-plane.token"), filepath.Join(abs, "control-plane.token"), s.ControlURL,
+		filepath.Join(abs, "forge.token"), s.ForgeURL, filepath.Join(abs, "forge.token"))
+	if more := s.DemoRepoURLs(); len(more) > 1 {
+		fmt.Fprintf(w, "\nDemo repositories (target name, clone URL):\n")
+		for _, r := range more {
+			fmt.Fprintf(w, "  %-10s %s\n", r[0], r[1])
+		}
+	}
+	fmt.Fprintln(w, "\nCtrl-C stops everything; state is kept in the data directory.")
 }
 
 func cmdDemo(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {

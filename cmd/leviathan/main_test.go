@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -125,7 +127,7 @@ func TestHelpAndVersion(t *testing.T) {
 	for _, args := range [][]string{
 		{"-h"}, {"--help"}, {"--version"}, {"version"},
 		{"dev", "-h"}, {"demo", "-h"}, {"setup", "-h"}, {"run", "-h"}, {"run", "clone", "-h"}, {"submit", "-h"},
-		{"watch", "-h"}, {"retry", "-h"}, {"summary", "-h"}, {"config", "-h"}, {"verify", "-h"},
+		{"watch", "-h"}, {"retry", "-h"}, {"summary", "-h"}, {"config", "-h"}, {"verify", "-h"}, {"forge", "-h"}, {"forge", "repo", "create", "-h"},
 	} {
 		var out bytes.Buffer
 		if err := run(context.Background(), args, env(nil), &out, &out); err != nil {
@@ -222,5 +224,50 @@ func TestVerify(t *testing.T) {
 	want := fmt.Sprintf("chain broken at stream sequence %d", msg.Sequence)
 	if exitCode(err) != 1 || !strings.Contains(out.String(), want) || !strings.Contains(out.String(), "no longer in the stream") {
 		t.Fatalf("verify after a deletion: %v\n%s\nwant %q", err, out.String(), want)
+	}
+}
+
+// TestForgeRepoCreate: a repository made with `leviathan forge repo
+// create --from DIR --backlog` takes an attempt end to end; `--repos`
+// makes more demo repositories.
+func TestForgeRepoCreate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0", DemoRepos: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if urls := s.DemoRepoURLs(); len(urls) != 2 || urls[1][0] != "demo-2" {
+		t.Fatalf("demo repositories %v", urls)
+	}
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "docs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "docs", "guide.md"), []byte("# Guide\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(s.DataDir(), "forge.token")
+	var out bytes.Buffer
+	if err := run(ctx, []string{"forge", "repo", "create", "acme/atlas", "--from", src, "--backlog", "--forge-url", s.ForgeURL,
+		"--token-file", tokenFile}, env(nil), &out, &out); err != nil {
+		t.Fatalf("forge repo create: %v\n%s", err, out.String())
+	}
+	cloneURL := s.ForgeURL + "/git/acme/atlas.git"
+	if !strings.Contains(out.String(), "created acme/atlas") || !strings.Contains(out.String(), cloneURL) {
+		t.Fatalf("output:\n%s", out.String())
+	}
+	err = run(ctx, []string{"forge", "repo", "create", "acme/atlas", "--forge-url", s.ForgeURL, "--token-file", tokenFile}, env(nil), &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("second create: %v", err)
+	}
+	for target, url := range map[string]string{"atlas": cloneURL, "demo-2": s.DemoRepoURLs()[1][1]} {
+		out.Reset()
+		if err := run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", target, "--repo-url", url,
+			"--task-id", "T-1", "--title", "First task", "--wait"}, env(nil), &out, &out); err != nil || !strings.Contains(out.String(), "succeeded") {
+			t.Fatalf("submit to %s: %v\n%s", target, err, out.String())
+		}
 	}
 }

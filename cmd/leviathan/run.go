@@ -31,6 +31,7 @@ Usage:
   leviathan summary  [flags]            print the graph summary from the control plane API
   leviathan verify   [flags]            replay the stream and check the control plane's hash chain
   leviathan config   get|set|list|delete  per-target guardrails in the leviathan-config bucket
+  leviathan forge    repo create <owner>/<name>  a repository in localforge (--from DIR, --backlog)
   leviathan version
 
 Run "leviathan <command> -h" for the flags of a command.
@@ -86,6 +87,8 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		return cmdRetry(ctx, args[1:], env, stdout, stderr)
 	case "summary":
 		return cmdSummary(ctx, args[1:], env, stdout, stderr)
+	case "forge":
+		return cmdForge(ctx, args[1:], env, stdout, stderr)
 	case "verify":
 		return cmdVerify(ctx, args[1:], env, stdout, stderr)
 	case "config":

@@ -74,6 +74,9 @@ type StackConfig struct {
 	// Dial, when set, makes every outbound connection of the services
 	// (egress.Config.Dial): tests confine it to loopback.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DemoRepos is how many demo repositories localforge holds: the
+	// demo repository and demo-2 … demo-N beside it (default 1).
+	DemoRepos int
 }
 
 // Stack is NATS with JetStream, localforge with the demo repository, the
@@ -243,19 +246,39 @@ func (s *Stack) startForge(ctx context.Context) error {
 	s.forge = f
 	s.forgeSrv = &http.Server{Handler: f.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.forgeSrv.Serve(ln) }()
-	err = f.CreateRepo(ctx, demoOwner, demoRepo, demoBranch, map[string][]byte{
-		"README.md":               []byte("# Demo\n\nA repository Leviathan proposes tasks to.\n"),
-		"src/main.go":             []byte("package main\n\nfunc main() {}\n"),
-		".leviathan/backlog.yaml": []byte(demoBacklog),
-	})
-	if err != nil && !errors.Is(err, localforge.ErrRepoExists) {
-		return err
+	for _, name := range s.demoNames() {
+		err = f.CreateRepo(ctx, demoOwner, name, demoBranch, map[string][]byte{
+			"README.md":               []byte("# Demo\n\nA repository Leviathan proposes tasks to.\n"),
+			"src/main.go":             []byte("package main\n\nfunc main() {}\n"),
+			".leviathan/backlog.yaml": []byte(demoBacklog),
+		})
+		if err != nil && !errors.Is(err, localforge.ErrRepoExists) {
+			return err
+		}
 	}
 	return nil
 }
 
+func (s *Stack) demoNames() []string {
+	names := []string{demoRepo}
+	for i := 2; i <= s.cfg.DemoRepos; i++ {
+		names = append(names, fmt.Sprintf("%s-%d", demoRepo, i))
+	}
+	return names
+}
+
 // DemoRepoURL is the clone URL of the demo repository.
 func (s *Stack) DemoRepoURL() string { return s.forge.CloneURL(demoOwner, demoRepo) }
+
+// DemoRepoURLs are the clone URLs of every demo repository, by target
+// name (the repository's name).
+func (s *Stack) DemoRepoURLs() [][2]string {
+	var out [][2]string
+	for _, name := range s.demoNames() {
+		out = append(out, [2]string{name, s.forge.CloneURL(demoOwner, name)})
+	}
+	return out
+}
 
 // Close stops everything, services first.
 func (s *Stack) Close() error {

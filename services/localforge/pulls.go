@@ -57,6 +57,8 @@ func (f *Forge) apiRoutes() http.Handler {
 	mux.HandleFunc("GET /api/v3/repos/{owner}/{repo}/pulls", f.listPulls)
 	mux.HandleFunc("GET /api/v3/repos/{owner}/{repo}/pulls/{number}", f.getPull)
 	mux.HandleFunc("PATCH /api/v3/repos/{owner}/{repo}/pulls/{number}", f.editPull)
+	mux.HandleFunc("POST /api/v3/orgs/{owner}/repos", f.createRepo)
+	mux.HandleFunc("GET /api/v3/repos/{owner}/{repo}", f.getRepo)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// GitHub answers unknown routes with its JSON 404, not text.
 		if _, pattern := mux.Handler(r); pattern == "" {
