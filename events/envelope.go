@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,6 +56,13 @@ var namespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://leviathan.dev/ev
 // Attempt ids cannot contain ':', so the joined name is unambiguous.
 func EventID(attemptID string, t Type) string {
 	return uuid.NewSHA1(namespace, []byte(attemptID+":"+string(t))).String()
+}
+
+// DuplicateEventID is the id of the request.duplicate event about the
+// request at stream sequence seq: one per ignored request, however often
+// it is handled.
+func DuplicateEventID(attemptID string, seq uint64) string {
+	return uuid.NewSHA1(namespace, []byte(attemptID+":"+string(RequestDuplicate)+":"+strconv.FormatUint(seq, 10))).String()
 }
 
 // Subject is the subject an event of type t for an attempt is published on.

@@ -17,6 +17,11 @@ const (
 	AttemptSucceeded   Type = "attempt.succeeded"
 	AttemptFailed      Type = "attempt.failed"
 	AttemptInvalidated Type = "attempt.invalidated"
+	// RequestDuplicate says a request reused the id of an attempt that
+	// already runs from another request: it was ignored. It is not part of
+	// that attempt's lifecycle (the attempt goes on); the control plane
+	// lists it with the failures.
+	RequestDuplicate Type = "request.duplicate"
 )
 
 // Terminal reports whether t ends an attempt.
@@ -102,6 +107,16 @@ type Rejected struct {
 	Ref
 	Reason string `json:"reason"`
 	Field  string `json:"field"`
+}
+
+// Duplicate is the payload of request.duplicate: Seq is the stream
+// sequence of the ignored request, FirstSeq that of the request the
+// attempt runs from.
+type Duplicate struct {
+	Ref
+	Reason   string `json:"reason"`
+	Seq      uint64 `json:"seq"`
+	FirstSeq uint64 `json:"first_seq,omitempty"`
 }
 
 // Created is the payload of attempt.created.

@@ -165,7 +165,7 @@ func For(user string) (p Permissions, ok bool) {
 	case "clone":
 		durable(pub, sub, "clone")
 		emits(pub, events.AttemptRequested, events.AttemptRejected, events.AttemptCreated, events.AttemptStarted,
-			events.RepoFetched, events.AttemptFailed)
+			events.RepoFetched, events.AttemptFailed, events.RequestDuplicate)
 		streamRead(pub, stream)
 		// Erasing a request that carried a credential.
 		pub.add(api + "STREAM.MSG.DELETE." + stream)

@@ -158,7 +158,7 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 	var extra func(micro.Service) error
 	switch name {
 	case "clone":
-		svc := clone.New(d.res, pub, clone.Config{Git: d.git, URLs: d.egress, Logger: logger})
+		svc := clone.New(d.res, pub, clone.Config{Git: d.git, URLs: d.egress, Logger: logger, Metrics: d.metrics})
 		cfg, h = clone.StageConfig(), svc
 		extra = func(m micro.Service) error {
 			return m.AddEndpoint("submit", micro.HandlerFunc(func(r micro.Request) {

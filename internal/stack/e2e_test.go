@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -299,7 +300,7 @@ func TestDuplicateRequestYieldsOnePR(t *testing.T) {
 	body := bareRequest(s, "T-dup")
 	publishBare(t, s, "a-dup", body)
 	publishBare(t, s, "a-dup", body)
-	evs := attemptEvents(t, s, "a-dup")
+	evs := slices.DeleteFunc(attemptEvents(t, s, "a-dup"), func(e events.Envelope) bool { return e.EventType == events.RequestDuplicate })
 	if got := strings.Join(types(evs), ","); got != strings.Join(happyPath, ",") {
 		t.Fatalf("events = %s", got)
 	}
@@ -315,6 +316,66 @@ func TestDuplicateRequestYieldsOnePR(t *testing.T) {
 	if prs, _ := s.Forge().Pulls(demoOwner, demoRepo); len(prs) != 1 {
 		t.Fatalf("pulls = %d, want 1", len(prs))
 	}
+	// The ignored copy is said where users look: in the failures, with
+	// the attempt id and why, and counted; the attempt is untouched and
+	// its timeline has one request.
+	for countSubject(t, s, events.Subject("a-dup", events.RequestDuplicate)) != 1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitApplied(t, s)
+	var fs struct {
+		Failures []map[string]any `json:"failures"`
+	}
+	getJSON(t, s, "/v1/failures", &fs)
+	if len(fs.Failures) != 1 || fs.Failures[0]["attempt_id"] != "a-dup" || fs.Failures[0]["failure_type"] != "duplicate_request" ||
+		!strings.Contains(fs.Failures[0]["error"].(string), "already taken") {
+		t.Fatalf("failures %v", fs.Failures)
+	}
+	var at struct {
+		Node struct {
+			Properties map[string]any `json:"properties"`
+		} `json:"attempt_node"`
+		Events []map[string]any `json:"events"`
+	}
+	getJSON(t, s, "/v1/attempts/a-dup", &at)
+	requested := 0
+	for _, e := range at.Events {
+		if e["event_type"] == string(events.AttemptRequested) {
+			requested++
+		}
+	}
+	if at.Node.Properties["status"] != "succeeded" || at.Node.Properties["failure_type"] != nil || requested != 1 {
+		t.Fatalf("attempt after a duplicate: %v, %d requests on its timeline", at.Node.Properties, requested)
+	}
+	if m := scrape(t, s.ControlURL+"/metrics"); !strings.Contains(m, "leviathan_duplicate_requests_total 1") {
+		t.Fatalf("metrics lack the duplicate:\n%s", m)
+	}
+}
+
+// getJSON GETs a control plane path and decodes its answer into v.
+func getJSON(t *testing.T, s *Stack, path string, v any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, s.ControlURL+path, nil)
+	req.Header.Set("Authorization", "Bearer "+s.ControlToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: status %d, %v", path, resp.StatusCode, err)
+	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 func TestCrashBetweenPublishAndAck(t *testing.T) {

@@ -21,6 +21,7 @@ const (
 type Metrics struct {
 	deliveries *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
+	duplicates prometheus.Counter
 }
 
 // NewMetrics creates the stage metrics and registers them with reg.
@@ -36,13 +37,24 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			// From a local edit (milliseconds) to a slow forge (tens of seconds).
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"stage", "outcome"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "leviathan_duplicate_requests_total",
+			Help: "Requests ignored because their attempt id already runs from another request (request.duplicate).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.duration} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.duration, m.duplicates} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// Duplicate counts a request ignored as a duplicate.
+func (m *Metrics) Duplicate() {
+	if m != nil {
+		m.duplicates.Inc()
+	}
 }
 
 // observe records one delivery.

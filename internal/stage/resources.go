@@ -198,6 +198,11 @@ func (r *Resources) Claim(ctx context.Context, attemptID string, seq uint64) err
 	return nil
 }
 
+// ClaimedSeq is the stream sequence of the request that claimed attemptID.
+func (r *Resources) ClaimedSeq(ctx context.Context, attemptID string) (uint64, error) {
+	return r.claimedSeq(ctx, attemptID)
+}
+
 func (r *Resources) claimedSeq(ctx context.Context, attemptID string) (uint64, error) {
 	e, err := r.Attempts.Get(ctx, attemptID)
 	if err != nil {

@@ -31,6 +31,8 @@ type Config struct {
 	// supports.
 	Strategy gitx.Strategy
 	Logger   *slog.Logger
+	// Metrics counts duplicate requests; none when nil.
+	Metrics *stage.Metrics
 }
 
 // Service handles attempt.requested.
@@ -79,9 +81,11 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	if err := s.res.Claim(ctx, req.AttemptID, in.Seq); err != nil {
 		if errors.Is(err, stage.ErrDuplicate) {
 			// The attempt already runs from another copy of the request;
-			// this copy must not start a second one.
+			// this copy must not start a second one. Say so where the
+			// user looks (request.duplicate: the control plane's
+			// failures), not in the attempt's own lifecycle.
 			s.cfg.Logger.Info("duplicate request ignored", "attempt", req.AttemptID, "seq", in.Seq, "err", err)
-			return nil
+			return s.duplicate(ctx, req, in.Seq)
 		}
 		return stage.Retry(err)
 	}
@@ -110,6 +114,23 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		Ref: req.Ref, BaseCommit: snap.Commit.String(), Strategy: string(snap.Strategy),
 		BytesFetched: snap.BytesFetched, Snapshot: name,
 	})
+}
+
+// duplicate publishes request.duplicate for the request at seq.
+func (s *Service) duplicate(ctx context.Context, req *events.Request, seq uint64) error {
+	first, _ := s.res.ClaimedSeq(ctx, req.AttemptID)
+	reason := fmt.Sprintf("attempt id %s is already taken by the request at stream sequence %d; this request was ignored (use a new attempt id)", req.AttemptID, first)
+	env, err := events.New(events.RequestDuplicate, s.pub.Actor, req.Ref,
+		events.Duplicate{Ref: req.Ref, Reason: reason, Seq: seq, FirstSeq: first}, s.pub.Clock())
+	if err != nil {
+		return err
+	}
+	env.EventID = events.DuplicateEventID(req.AttemptID, seq)
+	if err := s.pub.PublishEnvelope(ctx, env); err != nil {
+		return stage.Retry(err)
+	}
+	s.cfg.Metrics.Duplicate()
+	return nil
 }
 
 // check validates a request body: first that it carries no credential

@@ -37,6 +37,8 @@ type record struct {
 	// artifact.created
 	artifactID, sha256, artifactType, storagePath []byte
 	sizeBytes                                     int64
+	// request.duplicate: the ignored request's sequence
+	dupSeq int64
 
 	// pending is the event's hash chain link begun, when chain says it
 	// is chained (canonicalize).
@@ -180,6 +182,8 @@ func payloadAt(data []byte, i int, r *record, f *fields) (int, error) {
 			r.commit, next, err = stringAt(data, i)
 		case "pr_number":
 			r.prNumber, next, err = integerAt(data, i)
+		case "seq":
+			r.dupSeq, next, err = integerAt(data, i)
 		case "pr_url":
 			r.prURL, next, err = stringAt(data, i)
 		case "title":

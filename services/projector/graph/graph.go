@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -354,6 +355,10 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 	g.ringLen = min(g.ringLen+1, RecentEventsKept)
 	if a == nil {
 		g.projectRecord(events.Type(r.typ), tgt, r)
+		return true
+	}
+	if events.Type(r.typ) == events.RequestDuplicate {
+		g.duplicateRequest(a, r, typ)
 		return true
 	}
 	a.steps = append(a.steps, step{seq: r.seq, ts: r.ts, typ: typ, actor: actor})
@@ -889,6 +894,19 @@ func (g *Graph) fail(a *attempt, r *record, typ, stage, kind sym, summary string
 	f := &failure{attempt: a, seq: r.seq, ts: r.ts, typ: typ, stage: stage, kind: kind, summary: summary}
 	g.failed = append(g.failed, f)
 	a.failure = f
+}
+
+// duplicateRequest lists an ignored duplicate request with the failures
+// and takes its attempt.requested off the attempt's timeline; the attempt
+// itself (status, latest failure) is untouched.
+func (g *Graph) duplicateRequest(a *attempt, r *record, typ sym) {
+	if r.dupSeq > 0 {
+		a.steps = slices.DeleteFunc(a.steps, func(s step) bool {
+			return s.seq == uint64(r.dupSeq) && g.syms.str(s.typ) == string(events.AttemptRequested)
+		})
+	}
+	g.failed = append(g.failed, &failure{attempt: a, seq: r.seq, ts: r.ts, typ: typ, stage: g.syms.of("clone"),
+		kind: g.syms.of("duplicate_request"), summary: string(r.reason)})
 }
 
 // Node ids. They are unique across targets: a task and a commit include

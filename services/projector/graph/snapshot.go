@@ -31,7 +31,7 @@ const (
 	// SnapshotVersion changes with any change of the layout or of what the
 	// graph derives from events: a snapshot of another version is ignored
 	// and the stream replayed from the start.
-	SnapshotVersion = 4
+	SnapshotVersion = 5
 )
 
 // errSnapshotVersion is returned for a snapshot of another format version.
