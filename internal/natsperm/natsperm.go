@@ -195,9 +195,12 @@ func For(user string) (p Permissions, ok bool) {
 		kvWatch(pub, stage.LocksBucket)
 	case "projector":
 		// Reads the whole stream; publishes what the API records
-		// (ingest, invalidate), never an event a stage consumes.
+		// (ingest, invalidate), never an event a stage consumes. Reads
+		// the targets' policies (GET /v1/autonomy/status).
 		streamRead(pub, stream)
 		orderedConsumers(pub, stream)
+		kvRead(pub, stage.ConfigBucket)
+		orderedConsumers(pub, "KV_"+stage.ConfigBucket)
 		objWrite(pub, stage.ProjectorBucket)
 		pub.add(events.StreamSubjects, events.RecordSubjects)
 		return Permissions{Publish: pub.list(), PublishDeny: append(durableDenies(), stageInputDenies()...),

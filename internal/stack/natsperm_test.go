@@ -204,6 +204,21 @@ func TestLeastPrivilegeOnNATS(t *testing.T) {
 	if resp.StatusCode != 200 || ingested["ingested"] != 1.0 {
 		t.Fatalf("ingest as the projector user: %d %v", resp.StatusCode, ingested)
 	}
+	// It reads the targets' policies for the autonomy status.
+	for _, q := range []string{"", "?target=demo"} {
+		hreq, _ = http.NewRequest("GET", controlURL+"/v1/autonomy/status"+q, nil)
+		hreq.Header.Set("Authorization", "Bearer control-token")
+		resp, err = http.DefaultClient.Do(hreq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || st["autonomy_enabled"] != true {
+			t.Fatalf("autonomy status%s as the projector user: %d %v", q, resp.StatusCode, st)
+		}
+	}
 
 	// What each service user may not do.
 	other := map[string]events.Type{

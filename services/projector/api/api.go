@@ -106,6 +106,12 @@ func (a *API) Handler() http.Handler {
 	v1.Handle("/v1/events/recent", methods{"GET": a.recent})
 	v1.Handle("/v1/events/ingest", methods{"POST": a.ingest})
 	v1.Handle("/v1/events/chain", methods{"GET": a.chain})
+	v1.Handle("/v1/autonomy/status", methods{"GET": a.autonomy})
+	v1.Handle("/v1/backlog/suggest", methods{"POST": a.backlogSuggest})
+	v1.Handle("/v1/topology/summary", methods{"GET": a.topologySummary})
+	v1.Handle("/v1/topology/areas", methods{"GET": a.topologyList("areas")})
+	v1.Handle("/v1/topology/subsystems", methods{"GET": a.topologyList("subsystems")})
+	v1.Handle("/v1/topology/dependencies", methods{"GET": a.topologyList("dependencies")})
 	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusNotFound, "Not Found")
 	})
@@ -241,7 +247,7 @@ func (a *API) failures(w http.ResponseWriter, r *http.Request) {
 type RecentEventView struct {
 	EventID   string          `json:"event_id"`
 	EventType string          `json:"event_type"`
-	Timestamp time.Time       `json:"timestamp"`
+	Timestamp graph.Time      `json:"timestamp"`
 	ActorID   string          `json:"actor_id"`
 	Payload   json.RawMessage `json:"payload"`
 	Hash      *string         `json:"hash"`
@@ -284,7 +290,7 @@ func (a *API) recent(w http.ResponseWriter, r *http.Request) {
 type EventView struct {
 	EventID   string          `json:"event_id"`
 	EventType string          `json:"event_type"`
-	Timestamp time.Time       `json:"timestamp"`
+	Timestamp graph.Time      `json:"timestamp"`
 	ActorID   string          `json:"actor_id"`
 	Payload   json.RawMessage `json:"payload"`
 	// Hash is the event's link in the hash chain; null for an event not

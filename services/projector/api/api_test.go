@@ -12,6 +12,7 @@ import (
 
 	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/events/eventgen"
+	"github.com/leviathan-dev/leviathan/internal/policy"
 	"github.com/leviathan-dev/leviathan/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/projector"
 	"github.com/leviathan-dev/leviathan/services/projector/graph"
@@ -585,6 +586,11 @@ func TestThePythonWorkersExactBundles(t *testing.T) {
 	var prev *[32]byte
 	for i := len(list) - 1; i >= 0; i-- {
 		e := list[i]
+		// Fixed width (six fractional digits), so they sort as strings,
+		// as upstream's console sorts them.
+		if len(e.Timestamp) != len("2026-11-30T09:00:04.500000Z") {
+			t.Fatalf("timestamp %q is not fixed width", e.Timestamp)
+		}
 		// Ingest stores the timestamp in UTC (RFC 3339), as the list shows it.
 		c, err := events.CanonicalEvent(e.EventID, e.EventType, e.ActorID, e.Timestamp, e.Payload)
 		if err != nil {
@@ -595,5 +601,69 @@ func TestThePythonWorkersExactBundles(t *testing.T) {
 			t.Fatalf("event %d (%s): hash %s, the chain gives %s", i, e.EventType, e.Hash, events.HashHex(h))
 		}
 		prev = &h
+	}
+}
+
+// TestUpstreamsOtherRoutes: the topology of upstream's indexer (record
+// events), the autonomy status from the targets' policies, and backlog
+// suggestions as upstream's placeholder, in upstream's shapes.
+func TestUpstreamsOtherRoutes(t *testing.T) {
+	res := setupStream(t)
+	r := startProjector(t, res, projector.Config{})
+	r.waitCaughtUp(t, res)
+	ev := func(id, typ, ts, payload string) string {
+		return `{"event_id":"` + id + `","event_type":"` + typ + `","timestamp":"` + ts + `","actor_id":"indexer","payload":` + payload + `}`
+	}
+	bundle := `{"target":"radix","bundle_id":"topo-1","events":[` + strings.Join([]string{
+		ev("t1", "topo.indexed", "2026-01-28T12:00:00", `{"target_id":"radix","commit_sha":"old","areas_count":1}`),
+		ev("t2", "topo.indexed", "2026-01-28T13:00:00", `{"target_id":"radix","commit_sha":"abc","areas_count":2,"subsystems_count":1,"dependencies_count":0}`),
+		ev("t3", "topo.area.discovered", "2026-01-28T13:00:01", `{"target_id":"radix","name":"api"}`),
+		ev("t4", "topo.area.discovered", "2026-01-28T13:00:02", `{"target_id":"radix","name":"web"}`),
+		ev("t5", "topo.subsystem.discovered", "2026-01-28T13:00:03", `{"target_id":"radix","name":"auth"}`),
+	}, ",") + `]}`
+	if status, body, _ := r.do(t, "POST", "/v1/events/ingest", bearer, bundle); status != 200 || body["ingested"] != 5.0 {
+		t.Fatalf("ingest: %d %v", status, body)
+	}
+	_, sum, _ := r.do(t, "GET", "/v1/topology/summary?target=radix", bearer, "")
+	if sum["commit_sha"] != "abc" || sum["areas_count"] != 2.0 || sum["subsystems_count"] != 1.0 || sum["flows_count"] != 0.0 || sum["target_id"] != "radix" {
+		t.Fatalf("topology summary %v", sum)
+	}
+	_, areas, _ := r.do(t, "GET", "/v1/topology/areas?target=radix", bearer, "")
+	if list, _ := areas["areas"].([]any); len(list) != 2 || list[1].(map[string]any)["name"] != "web" {
+		t.Fatalf("areas %v", areas)
+	}
+	_, deps, _ := r.do(t, "GET", "/v1/topology/dependencies?target=radix", bearer, "")
+	if list, ok := deps["dependencies"].([]any); !ok || len(list) != 0 {
+		t.Fatalf("dependencies %v", deps)
+	}
+	if status, body, _ := r.do(t, "GET", "/v1/topology/summary?target=other", bearer, ""); status != 404 || body["detail"] != "No topology data found for target other" {
+		t.Fatalf("summary of a target without topology: %d %v", status, body)
+	}
+	if status, _, _ := r.do(t, "GET", "/v1/topology/areas", bearer, ""); status != 422 {
+		t.Fatalf("areas without a target: %d", status)
+	}
+
+	off := false
+	if err := (policy.Store{KV: res.Config}).Put(t.Context(), "radix", policy.Policy{AutonomyEnabled: &off}); err != nil {
+		t.Fatal(err)
+	}
+	_, st, _ := r.do(t, "GET", "/v1/autonomy/status", bearer, "")
+	if st["autonomy_enabled"] != true || fmt.Sprint(st["disabled_targets"]) != "[radix]" || st["source"] == "" {
+		t.Fatalf("autonomy status %v", st)
+	}
+	_, st, _ = r.do(t, "GET", "/v1/autonomy/status?target=radix", bearer, "")
+	if st["autonomy_enabled"] != false || st["source"] != "leviathan-config:radix" {
+		t.Fatalf("autonomy status of radix %v", st)
+	}
+	_, st, _ = r.do(t, "GET", "/v1/autonomy/status?target=other", bearer, "")
+	if st["autonomy_enabled"] != true || !strings.HasPrefix(st["source"].(string), "default") {
+		t.Fatalf("autonomy status of a target without policy %v", st)
+	}
+
+	if status, body, _ := r.do(t, "POST", "/v1/backlog/suggest", bearer, `{"target":"radix"}`); status != 200 || body["status"] != "not_implemented" || body["message"] == "" {
+		t.Fatalf("backlog suggest: %d %v", status, body)
+	}
+	if status, _, _ := r.do(t, "POST", "/v1/backlog/suggest", bearer, `{}`); status != 422 {
+		t.Fatalf("backlog suggest without a target: %d", status)
 	}
 }

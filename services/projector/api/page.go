@@ -183,7 +183,7 @@ func (a *API) pageData() pageData {
 		}
 		for _, s := range it.Steps {
 			pa.Timeline = append(pa.Timeline, pageStep{
-				Type: s.EventType, Offset: offset(s.Timestamp.Sub(it.Timestamp)), Kind: stepKind(s.EventType),
+				Type: s.EventType, Offset: offset(s.Timestamp.Sub(it.Timestamp.Time)), Kind: stepKind(s.EventType),
 				At: s.Timestamp.Format(time.RFC3339Nano), Actor: s.ActorID,
 			})
 		}

@@ -1,6 +1,8 @@
 package graph
 
 import (
+	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -122,5 +124,33 @@ func TestRequestWithCredentialIsNotChained(t *testing.T) {
 	links := g.Links(0, 10)
 	if len(links) != 1 || links[0].Seq != 2 {
 		t.Fatalf("links %+v: want only the request without a credential", links)
+	}
+}
+
+func TestTopologySurvivesASnapshot(t *testing.T) {
+	at := time.Date(2026, 1, 28, 12, 0, 0, 0, time.UTC)
+	var envs []events.Envelope
+	for i, typ := range []events.Type{TopoIndexed, TopoArea, TopoArea, TopoSubsystem, TopoDependency, TopoIndexed} {
+		envs = append(envs, events.Envelope{EventID: fmt.Sprint("t-", i), EventType: typ, Timestamp: at.Add(time.Duration(i) * time.Second),
+			TargetID: "radix", Payload: json.RawMessage(`{"target_id":"radix"}`)})
+	}
+	g := New()
+	its := make([]Item, len(envs))
+	for i, e := range envs {
+		data, _ := e.Marshal()
+		its[i].Decode(uint64(i+1), events.RecordSubject(e.EventType), data, at)
+	}
+	g.ApplyItems(its, nil)
+	want := Topology{Indexed: 6, Areas: []uint64{2, 3}, Subsystems: []uint64{4}, Dependencies: []uint64{5}}
+	if got, ok := g.TopologyOf("radix"); !ok || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("topology %+v, want %+v", got, want)
+	}
+	snap, _ := g.MarshalSnapshot(1)
+	r, _, err := UnmarshalSnapshot(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.TopologyOf("radix"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("restored topology %+v", got)
 	}
 }

@@ -100,6 +100,9 @@ type Graph struct {
 	links      []Link
 	chainStart *Hash
 
+	// topo holds each target's topology events (topology.go).
+	topo map[sym]*topology
+
 	// statuses counts the attempt records by status (0: none yet),
 	// indexed by the status symbol.
 	statuses []int
@@ -354,7 +357,9 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 	g.ringNext = (g.ringNext + 1) % RecentEventsKept
 	g.ringLen = min(g.ringLen+1, RecentEventsKept)
 	if a == nil {
-		g.projectRecord(events.Type(r.typ), tgt, r)
+		if !g.projectTopology(events.Type(r.typ), tgt, r) {
+			g.projectRecord(events.Type(r.typ), tgt, r)
+		}
 		return true
 	}
 	if events.Type(r.typ) == events.RequestDuplicate {
@@ -551,11 +556,15 @@ func (g *Graph) linkArtifact(a *attempt, r *record) {
 	}
 }
 
-// projectRecord makes the Target and Task nodes of record events (no
-// attempt): target.registered (target_id, repo_url) and task.created
-// (target_id, task_id, title; a DEPENDS_ON edge to its target).
+// projectRecord makes the nodes of record events (no attempt):
+// target.registered (target_id, repo_url), task.created (target_id,
+// task_id, title; a DEPENDS_ON edge to its target), artifact.created and
+// pr.created (a PullRequest node without an attempt).
 func (g *Graph) projectRecord(t events.Type, tgt sym, r *record) {
 	switch t {
+	case events.PRCreated:
+		// Upstream's producers report pull requests without an attempt.
+		g.linkPull(nil, r)
 	case ArtifactCreated:
 		g.linkArtifact(nil, r)
 	case TargetRegistered:
@@ -791,6 +800,9 @@ func (g *Graph) linkPull(a *attempt, r *record) {
 	if len(r.prState) > 0 {
 		p.state = g.syms.intern(r.prState)
 	}
+	if a == nil {
+		return // a record: no attempt to link
+	}
 	for _, have := range a.pulls {
 		if have == p {
 			return
@@ -830,6 +842,11 @@ func pullIdentity(r *record, buf []byte) (repo []byte, number int64) {
 			// URL itself is the pull request's identity, so two events
 			// with one URL make one node.
 			return r.prURL, 0
+		}
+		if events.Type(r.typ) == events.PRCreated && len(r.id) > 0 {
+			// A pr.created that names neither: a node of its own, as
+			// upstream makes one (pr-<event id>), never lost.
+			return append(append(buf[:0], "event:"...), r.id...), 0
 		}
 		return nil, 0
 	}
@@ -929,7 +946,7 @@ func (g *Graph) pullNodeID(p *pull) string {
 }
 
 func (g *Graph) pullURL(p *pull) string {
-	if p.url != "" {
+	if p.url != "" || p.number == 0 {
 		return p.url
 	}
 	return "https://" + g.syms.str(p.repo) + "/pull/" + strconv.FormatInt(p.number, 10)
@@ -945,12 +962,12 @@ func (g *Graph) targetName(t *target) string {
 // RecentEvent is one line of the summary's recent_events and of
 // GET /v1/events/recent.
 type RecentEvent struct {
-	EventID   string    `json:"event_id"`
-	Timestamp time.Time `json:"timestamp"`
-	EventType string    `json:"event_type"`
-	ActorID   string    `json:"actor_id"`
-	Target    string    `json:"target"`
-	AttemptID string    `json:"attempt_id"`
+	EventID   string `json:"event_id"`
+	Timestamp Time   `json:"timestamp"`
+	EventType string `json:"event_type"`
+	ActorID   string `json:"actor_id"`
+	Target    string `json:"target"`
+	AttemptID string `json:"attempt_id"`
 	// Seq is the event's stream sequence (not in the summary's JSON).
 	Seq uint64 `json:"-"`
 }
@@ -1054,11 +1071,11 @@ func (e *recentEvent) eventID() string {
 }
 
 // nanoTime is the UTC time of unix nanoseconds; the zero time for 0.
-func nanoTime(ns int64) time.Time {
+func nanoTime(ns int64) Time {
 	if ns == 0 {
-		return time.Time{}
+		return Time{}
 	}
-	return time.Unix(0, ns).UTC()
+	return Time{time.Unix(0, ns).UTC()}
 }
 
 // Counts are the graph's sizes, for metrics and the page.

@@ -162,7 +162,7 @@ func TestAttemptsListNewestFirst(t *testing.T) {
 	g := New()
 	applyAll(t, g, eventgen.Stream(400))
 	all := g.Attempts("", 1000)
-	if len(all) == 0 || all[0].Timestamp.Before(all[len(all)-1].Timestamp) {
+	if len(all) == 0 || all[0].Timestamp.Before(all[len(all)-1].Timestamp.Time) {
 		t.Fatal("not newest first")
 	}
 	demo := g.Attempts("demo", 3)
@@ -366,5 +366,39 @@ func TestRequestCredentialsNotKept(t *testing.T) {
 	data, _ := g.MarshalSnapshot(0)
 	if bytes.Contains(data, []byte("s3cretpass")) || bytes.Contains(data, []byte("token=abc")) {
 		t.Fatal("the graph keeps a credential from a request")
+	}
+}
+
+// TestPullRequestRecords: pr.created without an attempt makes a
+// PullRequest node (one per repository and number, or per URL, or, with
+// neither, per event), as upstream's projection does; one with an attempt
+// but neither number nor URL is linked to the attempt.
+func TestPullRequestRecords(t *testing.T) {
+	g := New()
+	at := time.Date(2026, 1, 28, 12, 0, 0, 0, time.UTC)
+	for i, payload := range []string{
+		`{"pr_number":123,"pr_url":"https://github.com/org/r1/pull/123","title":"T","state":"open"}`,
+		`{"pr_url":"https://github.com/org/r2/pull/placeholder","title":"T"}`,
+		`{"pr_url":"https://github.com/org/r2/pull/placeholder","title":"T"}`, // the same: no new node
+		`{"title":"T","state":"open","pr_url":""}`,
+		`{"title":"T2"}`,
+	} {
+		g.Apply(events.Envelope{EventID: fmt.Sprintf("pr-event-%d", i), EventType: events.PRCreated, Timestamp: at,
+			TargetID: "radix", Payload: json.RawMessage(payload)})
+	}
+	if n := g.Summary().NodesByType[NodePullRequest]; n != 4 {
+		t.Fatalf("%d PullRequest nodes, want 4", n)
+	}
+	g.Apply(events.Envelope{EventID: "c", EventType: events.AttemptCreated, Timestamp: at, AttemptID: "a-m3", TargetID: "radix",
+		Payload: json.RawMessage(`{"attempt_id":"a-m3"}`)})
+	g.Apply(events.Envelope{EventID: "p", EventType: events.PRCreated, Timestamp: at, AttemptID: "a-m3", TargetID: "radix",
+		Payload: json.RawMessage(`{"attempt_id":"a-m3","pr_url":"","title":"x"}`)})
+	d, _ := g.Attempt("a-m3")
+	if len(d.Artifacts) != 1 || d.Artifacts[0].NodeID != "pr:event:p" || d.Artifacts[0].Properties["pr_url"] != "" {
+		t.Fatalf("artifacts %+v", d.Artifacts)
+	}
+	snap, _ := g.MarshalSnapshot(1)
+	if _, _, err := UnmarshalSnapshot(snap); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/google/uuid"
@@ -20,7 +21,7 @@ import (
 //	magic "LVGRAPH\n", version, stream created (varint unix ns), seq, applied
 //	symbols (from 1), targets, tasks, commits, pulls, attempt records,
 //	attempt nodes (record indices in node order), each target's attempts,
-//	failures, recent events, artifacts, the hash chain (start, links),
+//	failures, recent events, artifacts, topology, the hash chain (start, links),
 //	seen event ids (sorted), other ids (sorted)
 //
 // References between nodes are positions in the creation-order slices,
@@ -31,7 +32,7 @@ const (
 	// SnapshotVersion changes with any change of the layout or of what the
 	// graph derives from events: a snapshot of another version is ignored
 	// and the stream replayed from the start.
-	SnapshotVersion = 5
+	SnapshotVersion = 6
 )
 
 // errSnapshotVersion is returned for a snapshot of another format version.
@@ -160,6 +161,19 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 		w.str(a.path)
 		w.int(a.size)
 		w.ref(a.producer != nil, producerIdx(a.producer))
+	}
+	w.uint(uint64(len(g.topo)))
+	for _, tgt := range slices.Sorted(maps.Keys(g.topo)) {
+		tp := g.topo[tgt]
+		w.uint(uint64(tgt))
+		w.uint(tp.indexed)
+		w.uint(tp.indexedTS)
+		for _, seqs := range [][]uint64{tp.areas, tp.subsystems, tp.dependencies} {
+			w.uint(uint64(len(seqs)))
+			for _, s := range seqs {
+				w.uint(s)
+			}
+		}
 	}
 	if g.chainStart != nil {
 		w.uint(1)
@@ -372,6 +386,20 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 		}
 		g.artifacts = append(g.artifacts, a)
 		g.byArtifact[a.id] = a
+	}
+	if n := r.count(5); n > 0 {
+		g.topo = make(map[sym]*topology, n)
+		for i := 0; i < n && r.err == nil; i++ {
+			tgt := symOf()
+			tp := &topology{indexed: r.uint(), indexedTS: r.uint()}
+			for _, seqs := range []*[]uint64{&tp.areas, &tp.subsystems, &tp.dependencies} {
+				m := r.count(1)
+				for j := 0; j < m && r.err == nil; j++ {
+					*seqs = append(*seqs, r.uint())
+				}
+			}
+			g.topo[tgt] = tp
+		}
 	}
 	switch r.uint() {
 	case 0:

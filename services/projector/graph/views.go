@@ -2,7 +2,6 @@ package graph
 
 import (
 	"strconv"
-	"time"
 
 	"github.com/leviathan-dev/leviathan/events"
 )
@@ -13,50 +12,50 @@ type NodeView struct {
 	NodeID     string         `json:"node_id"`
 	NodeType   string         `json:"node_type"`
 	Properties map[string]any `json:"properties"`
-	CreatedAt  *time.Time     `json:"created_at,omitempty"`
-	UpdatedAt  *time.Time     `json:"updated_at,omitempty"`
+	CreatedAt  *Time          `json:"created_at,omitempty"`
+	UpdatedAt  *Time          `json:"updated_at,omitempty"`
 }
 
 // AttemptItem is one attempt of GET /v1/attempts (the Python keys
 // attempt_id, task_id, target, status, timestamp, pr_url, pr_number, and a
 // few more).
 type AttemptItem struct {
-	AttemptID   string    `json:"attempt_id"`
-	NodeID      string    `json:"node_id"`
-	TaskID      string    `json:"task_id"`
-	TaskTitle   string    `json:"task_title,omitempty"`
-	Target      string    `json:"target"`
-	Status      string    `json:"status"`
-	Timestamp   time.Time `json:"timestamp"`
-	UpdatedAt   time.Time `json:"updated_at"`
-	PRURL       *string   `json:"pr_url"`
-	PRNumber    *int64    `json:"pr_number"`
-	CommitSHA   string    `json:"commit_sha,omitempty"`
-	FailureType string    `json:"failure_type,omitempty"`
-	Error       string    `json:"error,omitempty"`
-	Reason      string    `json:"invalidation_reason,omitempty"`
+	AttemptID   string  `json:"attempt_id"`
+	NodeID      string  `json:"node_id"`
+	TaskID      string  `json:"task_id"`
+	TaskTitle   string  `json:"task_title,omitempty"`
+	Target      string  `json:"target"`
+	Status      string  `json:"status"`
+	Timestamp   Time    `json:"timestamp"`
+	UpdatedAt   Time    `json:"updated_at"`
+	PRURL       *string `json:"pr_url"`
+	PRNumber    *int64  `json:"pr_number"`
+	CommitSHA   string  `json:"commit_sha,omitempty"`
+	FailureType string  `json:"failure_type,omitempty"`
+	Error       string  `json:"error,omitempty"`
+	Reason      string  `json:"invalidation_reason,omitempty"`
 	// Steps is the attempt's timeline (not in the API's list).
 	Steps []Step `json:"-"`
 }
 
 // Step is one event of an attempt's timeline.
 type Step struct {
-	Seq       uint64    `json:"seq"`
-	EventType string    `json:"event_type"`
-	Timestamp time.Time `json:"timestamp"`
-	ActorID   string    `json:"actor_id"`
+	Seq       uint64 `json:"seq"`
+	EventType string `json:"event_type"`
+	Timestamp Time   `json:"timestamp"`
+	ActorID   string `json:"actor_id"`
 }
 
 // FailureItem is one line of GET /v1/failures.
 type FailureItem struct {
-	AttemptID   string    `json:"attempt_id"`
-	TaskID      string    `json:"task_id"`
-	Target      string    `json:"target"`
-	Error       string    `json:"error"`
-	Timestamp   time.Time `json:"timestamp"`
-	EventType   string    `json:"event_type"`
-	Stage       string    `json:"stage,omitempty"`
-	FailureType string    `json:"failure_type,omitempty"`
+	AttemptID   string `json:"attempt_id"`
+	TaskID      string `json:"task_id"`
+	Target      string `json:"target"`
+	Error       string `json:"error"`
+	Timestamp   Time   `json:"timestamp"`
+	EventType   string `json:"event_type"`
+	Stage       string `json:"stage,omitempty"`
+	FailureType string `json:"failure_type,omitempty"`
 }
 
 // AttemptDetail is what the graph knows of one attempt: its node (nil when
