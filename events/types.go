@@ -175,6 +175,30 @@ type Pushed struct {
 	CommitSHA    string   `json:"commit_sha"`
 	ChangedPaths []string `json:"changed_paths"`
 	UpToDate     bool     `json:"up_to_date,omitempty"`
+	// AdoptedPR, when set, says nothing was pushed: the task already has
+	// this open pull request (on BranchName at CommitSHA), which the pr
+	// stage adopts.
+	AdoptedPR int `json:"adopted_pr,omitempty"`
+}
+
+// OpenForTaskSubject is where push asks pr, before pushing anything,
+// whether the task already has an open pull request (OpenForTask*).
+const OpenForTaskSubject = "leviathan.svc.pr.open-for-task"
+
+// OpenForTaskRequest asks for the open pull request of a task.
+type OpenForTaskRequest struct {
+	RepoURL string `json:"repo_url"`
+	TaskID  string `json:"task_id"`
+}
+
+// OpenForTaskReply answers it: Open with the pull request's number, head
+// branch and commit; Error when the forge could not be asked.
+type OpenForTaskReply struct {
+	Open       bool   `json:"open"`
+	Number     int    `json:"number,omitempty"`
+	BranchName string `json:"branch_name,omitempty"`
+	CommitSHA  string `json:"commit_sha,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // PROpened is the payload of pr.created.

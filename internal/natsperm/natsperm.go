@@ -180,6 +180,7 @@ func For(user string) (p Permissions, ok bool) {
 		objWrite(pub, stage.SnapshotBucket)
 	case "push":
 		durable(pub, sub, "push")
+		pub.add(events.OpenForTaskSubject) // asks pr before pushing
 		emits(pub, events.BranchPushed, events.AttemptSucceeded, events.AttemptFailed)
 		streamRead(pub, stream)
 		kvRead(pub, stage.AttemptsBucket)
@@ -187,6 +188,7 @@ func For(user string) (p Permissions, ok bool) {
 		objRead(pub, stage.SnapshotBucket)
 	case "pr":
 		durable(pub, sub, "pr")
+		sub.add(events.OpenForTaskSubject)
 		emits(pub, events.PRCreated, events.AttemptSucceeded, events.AttemptFailed)
 		streamRead(pub, stream)
 		kvRead(pub, stage.AttemptsBucket)

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/forge"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
@@ -177,7 +178,20 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 		if d.forge == nil {
 			return nil, errors.New("pr: no forge configured (set LEVIATHAN_FORGE_TOKEN)")
 		}
-		cfg, h = pr.StageConfig(), pr.New(d.res, d.forge)
+		svc := pr.New(d.res, d.forge)
+		cfg, h = pr.StageConfig(), svc
+		extra = func(m micro.Service) error {
+			return m.AddEndpoint("open-for-task", micro.HandlerFunc(func(r micro.Request) {
+				var q events.OpenForTaskRequest
+				if err := json.Unmarshal(r.Data(), &q); err != nil {
+					_ = r.RespondJSON(events.OpenForTaskReply{Error: "bad request: " + err.Error()})
+					return
+				}
+				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = r.RespondJSON(svc.OpenForTask(rctx, q))
+			}), micro.WithEndpointSubject(events.OpenForTaskSubject))
+		}
 	default:
 		return nil, fmt.Errorf("unknown service %q", name)
 	}

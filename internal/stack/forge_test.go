@@ -309,6 +309,10 @@ func TestGuardrailsApplyLive(t *testing.T) {
 	if prs, _ := s.Forge().Pulls(demoOwner, demoRepo); len(prs) != 1 || !strings.Contains(prs[0].Body, policy.Marker("T-same", "a-on")) {
 		t.Fatalf("pulls %+v", prs)
 	}
+	// ... and pushes nothing: no branch without a pull request is left.
+	if b := branches(t, s, demoOwner, demoRepo); strings.Contains(b, "a-again") || !strings.Contains(done.Note, "nothing was pushed") {
+		t.Fatalf("the second attempt pushed a branch (%q) or says it did (%q)", b, done.Note)
+	}
 	// A broken policy blocks (fail safe) and names itself.
 	if _, err := s.deps.res.Config.Put(ctx, "demo", []byte(`{"max_open_pr": 3}`)); err != nil {
 		t.Fatal(err)

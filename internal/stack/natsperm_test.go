@@ -204,6 +204,12 @@ func TestLeastPrivilegeOnNATS(t *testing.T) {
 	if resp.StatusCode != 200 || ingested["ingested"] != 1.0 {
 		t.Fatalf("ingest as the projector user: %d %v", resp.StatusCode, ingested)
 	}
+	// push may ask pr for a task's open pull request, and pr answers.
+	pushNC, _ := connectAs(t, ns, "push")
+	q, _ := json.Marshal(events.OpenForTaskRequest{RepoURL: f.CloneURL(demoOwner, demoRepo), TaskID: "T-none"})
+	if msg, err := pushNC.Request(events.OpenForTaskSubject, q, 10*time.Second); err != nil || !strings.Contains(string(msg.Data), `"open":false`) {
+		t.Fatalf("push asking pr: %v %v", err, msg)
+	}
 	// It reads the targets' policies for the autonomy status.
 	for _, q := range []string{"", "?target=demo"} {
 		hreq, _ = http.NewRequest("GET", controlURL+"/v1/autonomy/status"+q, nil)

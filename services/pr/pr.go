@@ -125,6 +125,13 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 			req.Task.ID, pr.Number, pr.Head, other, pushed.BranchName)
 	case err != nil:
 		return classify(err)
+	case reused && pushed.AdoptedPR != 0:
+		other := ""
+		if _, attempt, ok := policy.MarkedTask(pr.Body); ok {
+			other = " by attempt " + attempt
+		}
+		note = fmt.Sprintf("task %s already has open pull request #%d (branch %s%s); adopted it, and nothing was pushed",
+			req.Task.ID, pr.Number, branch, other)
 	case reused:
 		note = fmt.Sprintf("pull request #%d already existed for branch %s; adopted", pr.Number, branch)
 	}
@@ -137,6 +144,20 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	return in.Publish(ctx, events.AttemptSucceeded, events.Succeeded{
 		Ref: req.Ref, Status: "succeeded", PRNumber: &pr.Number, PRURL: &pr.URL, Note: note,
 	})
+}
+
+// OpenForTask answers push's question before it pushes: the task's open
+// pull request on the repository, if any.
+func (s *Service) OpenForTask(ctx context.Context, q events.OpenForTaskRequest) events.OpenForTaskReply {
+	open, err := s.driver.OpenPRs(ctx, q.RepoURL)
+	if err != nil {
+		return events.OpenForTaskReply{Error: err.Error()}
+	}
+	pr, ok := policy.OpenForTask(open, q.TaskID)
+	if !ok {
+		return events.OpenForTaskReply{}
+	}
+	return events.OpenForTaskReply{Open: true, Number: pr.Number, BranchName: pr.Head, CommitSHA: pr.HeadSHA}
 }
 
 // succeeded reports whether attempt.succeeded of the attempt is in the

@@ -4,10 +4,12 @@ package push
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
@@ -116,6 +118,14 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	if err := policy.CheckAutonomy(pol, req.Target.Name); err != nil {
 		return stage.Fail(events.GuardrailBlocked, err)
 	}
+	// A task that already has an open pull request gets no second
+	// branch: pr adopts that pull request (it would anyway; asking first
+	// keeps the repository free of a branch without a PR).
+	if open := s.openForTask(ctx, req); open.Open {
+		return in.Publish(ctx, events.BranchPushed, events.Pushed{
+			Ref: req.Ref, BranchName: open.BranchName, CommitSHA: open.CommitSHA, UpToDate: true, AdoptedPR: open.Number,
+		})
+	}
 	remote := s.cfg.Git
 	remote.URL = req.Target.RepoURL
 	res, err := gitx.Push(ctx, remote, branch, commit)
@@ -128,6 +138,32 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		ChangedPaths: commit.ChangedPaths, UpToDate: res.UpToDate,
 	})
 }
+
+// openForTask asks pr (which holds the forge's credentials) whether the
+// task has an open pull request. When pr cannot answer (none running, the
+// forge failing), push goes on: pr's own check before it creates adopts
+// the open pull request all the same, only after the branch is pushed.
+func (s *Service) openForTask(ctx context.Context, req *events.Request) events.OpenForTaskReply {
+	data, _ := json.Marshal(events.OpenForTaskRequest{RepoURL: req.Target.RepoURL, TaskID: req.Task.ID})
+	rctx, cancel := context.WithTimeout(ctx, openForTaskWait)
+	defer cancel()
+	msg, err := s.res.JS.Conn().RequestWithContext(rctx, events.OpenForTaskSubject, data)
+	var reply events.OpenForTaskReply
+	if err == nil {
+		err = json.Unmarshal(msg.Data, &reply)
+	}
+	if err == nil && reply.Error != "" {
+		err = errors.New(reply.Error)
+	}
+	if err != nil {
+		s.cfg.Logger.Warn("could not ask pr for the task's open pull request; pushing", "attempt", req.AttemptID, "err", err)
+		return events.OpenForTaskReply{}
+	}
+	return reply
+}
+
+// openForTaskWait bounds push's question to pr.
+const openForTaskWait = 10 * time.Second
 
 // dryRun ends a dry run before the push: attempt.succeeded says what
 // would have been pushed and proposed.
