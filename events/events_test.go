@@ -156,3 +156,20 @@ func TestSubjectTokenRoundTrips(t *testing.T) {
 		t.Error("a bad encoding parsed")
 	}
 }
+
+// TestRequestErrorsSayWhere: a truncated body is "not valid JSON" with
+// where, not an envelope's decoding error; an unknown field is named by
+// its path.
+func TestRequestErrorsSayWhere(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"target":`: "body: not valid JSON at byte 10",
+		`{"target":{"name":"x","repo_url":"https://github.com/o/r.git"},"task":{"id":"T","title":"t","allowed_path":["a"]}}`: "task.allowed_path: unknown field",
+		`{"target":{"name":"x","repo":"r"},"task":{"id":"T","title":"t"}}`:                                                   "target.repo: unknown field",
+		`{"targets":{}}`: "targets: unknown field",
+	} {
+		_, err := ParseRequest([]byte(body), "")
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "envelope") {
+			t.Errorf("%s: %v, want %q", body, err, want)
+		}
+	}
+}

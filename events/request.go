@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/url"
 	"path"
+	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -82,7 +84,15 @@ func ParseRequest(data []byte, subjectID string) (*Request, error) {
 			return nil, err
 		}
 	} else {
-		return nil, invalid("body", "not JSON: %v", jsonReason(err))
+		var v any
+		if serr := json.Unmarshal(data, &v); serr != nil {
+			var se *json.SyntaxError
+			if errors.As(serr, &se) {
+				return nil, invalid("body", "not valid JSON at byte %d: %s", se.Offset, jsonReason(serr))
+			}
+			return nil, invalid("body", "not valid JSON: %s (is the body complete?)", jsonReason(serr))
+		}
+		return nil, invalid("body", "%v", jsonReason(err))
 	}
 	if req.AttemptID == "" && subjectID != "" {
 		req.AttemptID = subjectID
@@ -109,6 +119,12 @@ func strictUnmarshal(data []byte, v any) error {
 		}
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			field = strings.Trim(f, `"`)
+			var m map[string]any
+			if json.Unmarshal(data, &m) == nil {
+				if path := unknownField(m, reflect.TypeOf(v).Elem(), ""); path != "" {
+					field = path // where it is: task.allowed_path
+				}
+			}
 			return invalid(field, "unknown field")
 		}
 		return invalid(field, "%s", jsonReason(err))
@@ -118,6 +134,51 @@ func strictUnmarshal(data []byte, v any) error {
 
 func jsonReason(err error) string {
 	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// unknownField is the dotted path of the first key of m (in sorted order)
+// that the struct type t has no field for, looking into nested objects
+// of struct fields; "" when there is none.
+func unknownField(m map[string]any, t reflect.Type, prefix string) string {
+	fields := map[string]reflect.Type{}
+	var collect func(t reflect.Type)
+	collect = func(t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if f.Anonymous && name == "" {
+				collect(f.Type)
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			if name != "-" {
+				fields[name] = f.Type
+			}
+		}
+	}
+	collect(t)
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		ft, ok := fields[k]
+		if !ok {
+			return prefix + k
+		}
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if sub, isObj := m[k].(map[string]any); isObj && ft.Kind() == reflect.Struct {
+			if p := unknownField(sub, ft, prefix+k+"."); p != "" {
+				return p
+			}
+		}
+	}
+	return ""
 }
 
 // Normalize fills in defaults and validates the request.

@@ -39,6 +39,7 @@ const (
 	PathViolation    FailureType = "path_violation"
 	AuthFailed       FailureType = "auth_failed"
 	RepoNotFound     FailureType = "repo_not_found"
+	BranchNotFound   FailureType = "branch_not_found" // the request's base branch
 	BranchConflict   FailureType = "branch_conflict"
 	GuardrailBlocked FailureType = "guardrail_blocked"
 	RetriesExhausted FailureType = "retries_exhausted"

@@ -173,15 +173,34 @@ func fetchSummary(ctx context.Context, baseURL, token string) (string, error) {
 		return "", fmt.Errorf("graph summary: %w", err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("graph summary: status %d", resp.StatusCode)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return "", fmt.Errorf("graph summary: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("graph summary: %s", apiError(resp, body))
 	}
 	var out bytes.Buffer
 	if err := json.Indent(&out, body, "", "  "); err != nil {
 		return "", fmt.Errorf("graph summary: %w", err)
 	}
 	return out.String(), nil
+}
+
+// apiError says why the control plane refused a request: its status and
+// the reason it gave ({"detail": ...}), and what to do about a 401.
+func apiError(resp *http.Response, body []byte) string {
+	msg := resp.Status
+	var d struct {
+		Detail any `json:"detail"`
+	}
+	if json.Unmarshal(body, &d) == nil && d.Detail != nil {
+		msg += ": " + fmt.Sprint(d.Detail)
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		msg += " (the token is not the control plane's: check LEVIATHAN_CONTROL_PLANE_TOKEN or --token-file)"
+	}
+	return msg
 }
 
 func firstSet(a, b string) string {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -269,5 +270,22 @@ func TestForgeRepoCreate(t *testing.T) {
 			"--task-id", "T-1", "--title", "First task", "--wait"}, env(nil), &out, &out); err != nil || !strings.Contains(out.String(), "succeeded") {
 			t.Fatalf("submit to %s: %v\n%s", target, err, out.String())
 		}
+	}
+}
+
+// TestDevPortInUse: dev says at once that its NATS port is taken.
+func TestDevPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err = run(ctx, []string{"dev", "--data-dir", t.TempDir(), "--nats-addr", ln.Addr().String(), "--forge-addr", "127.0.0.1:0",
+		"--http-addr", "127.0.0.1:0"}, env(nil), &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "cannot listen on "+ln.Addr().String()) {
+		t.Fatalf("dev on a taken port: %v", err)
 	}
 }

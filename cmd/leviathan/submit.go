@@ -29,7 +29,7 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 	fs := flag.NewFlagSet("submit", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	natsURL := fs.String("nats-url", env.NATSURL, "NATS server URL (env NATS_URL)")
-	file := fs.String("f", "", "read the request JSON from this file ('-' for stdin); flags below are ignored")
+	file := fs.String("f", "", "read the whole request JSON from this file ('-' for stdin); the request flags are then ignored")
 	attempt := fs.String("attempt-id", "", "attempt id (default: generated)")
 	target := fs.String("target", "", "target name")
 	repoURL := fs.String("repo-url", "", "target repository clone URL (no credentials)")
@@ -38,11 +38,18 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 	title := fs.String("title", "", "task title")
 	priority := fs.String("priority", "", "task priority: high, medium or low")
 	draft := fs.Bool("draft", false, "open the pull request as a draft")
+	dryRun := fs.Bool("dry-run", false, "stop before pushing; attempt.succeeded says what would have been pushed and proposed")
+	createBacklog := fs.Bool("create-backlog", false, "create "+events.BacklogPath+" when the target has none")
+	branchName := fs.String("branch-name", "", "the branch to push (default agent/backlog-propose-<attempt id>)")
 	var allowed, criteria stringList
 	fs.Var(&allowed, "allowed-path", "path the task may change (repeatable; default .leviathan/backlog.yaml)")
 	fs.Var(&criteria, "acceptance", "acceptance criterion (repeatable)")
 	wait := fs.Bool("wait", false, "follow the attempt and exit with its outcome")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: leviathan submit [flags]: a request from flags (--target, --repo-url, --task-id, --title, ...) or from a file (-f)")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
@@ -62,7 +69,7 @@ func cmdSubmit(ctx context.Context, args []string, env environment, stdout, stde
 			Target: events.Target{Name: *target, RepoURL: *repoURL, Branch: *branch},
 			Task: events.Task{ID: *taskID, Title: *title, Priority: *priority,
 				AllowedPaths: allowed, AcceptanceCriteria: criteria},
-			Draft: *draft,
+			Draft: *draft, DryRun: *dryRun, CreateBacklog: *createBacklog, BranchName: *branchName,
 		})
 	case "-":
 		body, err = io.ReadAll(os.Stdin)

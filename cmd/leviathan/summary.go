@@ -65,7 +65,8 @@ func controlToken(env environment, file string) (string, error) {
 	}
 	b, err := os.ReadFile(file)
 	if errors.Is(err, fs.ErrNotExist) && file == devTokenFile {
-		return "", &exitError{code: 2, msg: "no control plane token: set LEVIATHAN_CONTROL_PLANE_TOKEN or --token-file"}
+		return "", &exitError{code: 2, msg: "no control plane token: LEVIATHAN_CONTROL_PLANE_TOKEN is not set, --token-file was not given, and " +
+			file + " (written by leviathan dev in its data directory) does not exist here"}
 	}
 	if err != nil {
 		return "", fmt.Errorf("control plane token: %w", err)

@@ -105,7 +105,8 @@ func fetchChainPage(ctx context.Context, u, token string) (*api.ChainView, error
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("hash chain: control plane answered %s", resp.Status)
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return nil, fmt.Errorf("hash chain: %s", apiError(resp, body))
 	}
 	var v api.ChainView
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {

@@ -106,7 +106,14 @@ func describe(env events.Envelope) string {
 	case events.BranchPushed:
 		var p events.Pushed
 		_ = env.DecodePayload(&p)
+		if p.AdoptedPR != 0 {
+			return fmt.Sprintf("nothing pushed: the task has open pull request #%d on %s", p.AdoptedPR, p.BranchName)
+		}
 		return fmt.Sprintf("%s at %.12s (%s)", p.BranchName, p.CommitSHA, strings.Join(p.ChangedPaths, ", "))
+	case events.RequestDuplicate:
+		var p events.Duplicate
+		_ = env.DecodePayload(&p)
+		return p.Reason
 	case events.PRCreated:
 		var p events.PROpened
 		_ = env.DecodePayload(&p)

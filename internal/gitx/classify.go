@@ -15,8 +15,10 @@ func Classify(err error) (failure events.FailureType, retry bool) {
 	switch {
 	case errors.Is(err, ErrAuth):
 		return events.AuthFailed, false
-	case errors.Is(err, ErrRepoNotFound), errors.Is(err, ErrBranchNotFound):
+	case errors.Is(err, ErrRepoNotFound):
 		return events.RepoNotFound, false
+	case errors.Is(err, ErrBranchNotFound):
+		return events.BranchNotFound, false
 	case errors.Is(err, ErrBranchConflict), errors.Is(err, ErrRefBlocked):
 		return events.BranchConflict, false
 	case errors.Is(err, ErrPushRejected), errors.Is(err, ErrInvalidRemote), errors.Is(err, ErrInvalidBranch),

@@ -210,6 +210,14 @@ func (s *Stack) startNATS() error {
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else {
+		// The server would only log that it cannot listen, and we would
+		// wait for it in vain: try the address first, to fail at once.
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			return fmt.Errorf("nats: cannot listen on %s (is another leviathan dev or nats-server running? --nats-addr picks another): %w", s.cfg.NATSAddr, err)
+		}
+		ln.Close()
 	}
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "leviathan-dev", Host: host, Port: port,
