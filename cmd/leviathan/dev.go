@@ -16,6 +16,7 @@ import (
 
 	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/internal/stack"
+	"github.com/leviathan-dev/leviathan/services/projector/api"
 )
 
 // stackFlags are the flags dev and demo share.
@@ -152,11 +153,17 @@ func cmdDemo(ctx context.Context, args []string, env environment, stdout, stderr
 	for s.Applied() < o.seq && wctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
-	summary, err := fetchSummary(wctx, s.ControlURL, s.ControlToken())
+	summaryJSON, err := fetchSummary(wctx, s.ControlURL, s.ControlToken())
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "pull request: %s\ngraph summary:\n%s\n", o.prURL, summary)
+	var sum api.Summary
+	if err := json.Unmarshal([]byte(summaryJSON), &sum); err != nil {
+		return fmt.Errorf("graph summary: %w", err)
+	}
+	printSummary(stdout, s.ControlURL, sum)
+	fmt.Fprintln(stdout, "\nThe demo's servers stop as it exits, and its data directory goes with them (--data-dir keeps it):\n"+
+		"the pull request's URL above works only while they run. `leviathan dev` runs the same stack until Ctrl-C.")
 	return nil
 }
 
