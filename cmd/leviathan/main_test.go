@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -235,6 +236,16 @@ func TestForgeRepoCreate(t *testing.T) {
 	defer s.Close()
 	if urls := s.DemoRepoURLs(); len(urls) != 2 || urls[1][0] != "demo-2" {
 		t.Fatalf("demo repositories %v", urls)
+	}
+	// The sign-in page names this data directory's token file.
+	resp, err := http.Get(s.ControlURL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), filepath.Join(s.DataDir(), "control-plane.token")) {
+		t.Fatalf("sign-in page does not name %s:\n%s", filepath.Join(s.DataDir(), "control-plane.token"), page)
 	}
 	src := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(src, "docs"), 0o755); err != nil {

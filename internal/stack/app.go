@@ -272,10 +272,10 @@ func startComponents(ctx context.Context, d *deps, comps []*component) (wait fun
 }
 
 // projectorComponent runs the projector and its API on addr.
-func projectorComponent(d *deps, ln net.Listener, token string) (*component, *projector.Projector) {
+func projectorComponent(d *deps, ln net.Listener, token, tokenFile string) (*component, *projector.Projector) {
 	logger := d.logger.With("service", "projector")
 	p := projector.New(d.res, projector.Config{Logger: logger, Registerer: d.reg})
-	cp := api.New(p, d.res, api.Config{Token: token, Metrics: metricsHandler(d.reg), Logger: logger})
+	cp := api.New(p, d.res, api.Config{Token: token, Metrics: metricsHandler(d.reg), Logger: logger, TokenFile: tokenFile})
 	srv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	run := func(ctx context.Context) error {
 		ctx, stop := context.WithCancel(ctx)

@@ -122,7 +122,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 		git: gitx.Remote{Username: cfg.GitUsername, Password: cfg.GitToken}, reg: reg, metrics: metrics}
 	var comp *component
 	if cfg.Name == "projector" {
-		comp, _ = projectorComponent(d, ln, cfg.ControlToken)
+		comp, _ = projectorComponent(d, ln, cfg.ControlToken, "")
 	} else {
 		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr", d.forgeTurns, pol); err != nil {
 			return err

@@ -188,7 +188,8 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
 	s.ControlURL = "http://" + ln.Addr().String()
-	pc, proj := projectorComponent(s.deps, ln, cfg.ControlToken)
+	tokenFile, _ := filepath.Abs(filepath.Join(cfg.DataDir, "control-plane.token"))
+	pc, proj := projectorComponent(s.deps, ln, cfg.ControlToken, tokenFile)
 	s.proj = proj
 	comps = append(comps, pc)
 

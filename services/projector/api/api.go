@@ -31,6 +31,9 @@ type Config struct {
 	// Actor is the actor_id of the events the API publishes
 	// (attempt.invalidated); default "user:control-plane".
 	Actor string
+	// TokenFile, when set, is where the sign-in page says the token is
+	// (leviathan dev's data directory).
+	TokenFile string
 }
 
 // Source is the projected graph the API serves: the projector.

@@ -109,7 +109,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		a.logger.Info("control plane: failed sign-in", "remote", r.RemoteAddr)
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(http.StatusUnauthorized)
-		_ = loginTmpl.Execute(w, map[string]string{"Error": "That token is not valid."})
+		_ = loginTmpl.Execute(w, map[string]string{"Error": "That token is not valid.", "TokenFile": a.cfg.TokenFile})
 		return
 	}
 	exp := time.Now().Add(sessionTTL).Unix()
@@ -135,7 +135,7 @@ func (a *API) page(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if !a.signedIn(r) {
-		_ = loginTmpl.Execute(w, map[string]string{})
+		_ = loginTmpl.Execute(w, map[string]string{"TokenFile": a.cfg.TokenFile})
 		return
 	}
 	var buf bytes.Buffer

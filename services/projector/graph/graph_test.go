@@ -54,6 +54,10 @@ func TestOneAttempt(t *testing.T) {
 	if it := g.Attempts("", 10)[0]; it.TaskTitle != "Propose backlog entry 2 for the atlas team" || it.CommitSHA == "" {
 		t.Fatalf("attempt item %+v", it)
 	}
+	// The page's box reads owner/repo#N, not the host's first letters.
+	if pic := g.Picture(5); len(pic.Columns[4]) != 1 || pic.Columns[4][0].Label != "leviathan-dev/atlas#8" {
+		t.Fatalf("pull request boxes %+v", pic.Columns[4])
+	}
 }
 
 func TestDuplicatesAndUnknownTypes(t *testing.T) {

@@ -1,7 +1,9 @@
 package graph
 
 import (
+	"cmp"
 	"strconv"
+	"strings"
 
 	"github.com/leviathan-dev/leviathan/events"
 )
@@ -329,11 +331,31 @@ func (g *Graph) Picture(attempts int) Picture {
 		}
 		for _, p := range a.pulls {
 			pid := g.pullNodeID(p)
-			add(4, pid, g.syms.str(p.repo)+"#"+strconv.FormatInt(p.number, 10), g.syms.str(p.state))
+			add(4, pid, g.pullLabel(p), g.syms.str(p.state))
 			pic.Edges = append(pic.Edges, PictureEdge{EdgeProduced, aid, pid})
 		}
 	}
 	return pic
+}
+
+// pullLabel is a pull request as a box shows it: owner/repo#N (the host
+// left out), or its URL's last segments when it has no number.
+func (g *Graph) pullLabel(p *pull) string {
+	repo := g.syms.str(p.repo)
+	if p.number == 0 {
+		u := p.url
+		if i := strings.Index(u, "://"); i >= 0 {
+			u = u[i+3:]
+		}
+		if parts := strings.Split(strings.Trim(u, "/"), "/"); len(parts) > 3 {
+			return strings.Join(parts[len(parts)-4:], "/")
+		}
+		return cmp.Or(u, repo)
+	}
+	if parts := strings.Split(repo, "/"); len(parts) >= 3 {
+		repo = strings.Join(parts[len(parts)-2:], "/")
+	}
+	return repo + "#" + strconv.FormatInt(p.number, 10)
 }
 
 func shortSHA(s string) string {
