@@ -15,6 +15,8 @@ var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
 body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.25rem .75rem;border-bottom:1px solid #ddd;text-align:left}
 code{background:#f4f4f4;padding:0 .25rem}.open{color:#1a7f37}.closed{color:#8250df}
+.body{max-width:60rem}.diff{background:#f6f8fa;padding:.5rem;overflow-x:auto;font:12px/1.4 ui-monospace,monospace}
+.diff span{display:block;white-space:pre}.add{background:#e6ffec}.del{background:#ffebe9}.hunk{color:#0969da}.meta{color:#57606a;font-weight:bold}
 </style></head><body>
 <h1><a href="/">localforge</a>{{if ne .Title "localforge"}} · {{.Title}}{{end}}</h1>
 {{range .Repos}}
@@ -24,7 +26,8 @@ code{background:#f4f4f4;padding:0 .25rem}.open{color:#1a7f37}.closed{color:#8250
 {{range .Pulls}}<tr><td><a href="{{.Link}}">#{{.Number}}</a></td><td>{{.Title}}{{if .Draft}} (draft){{end}}</td>
 <td><code>{{.Head}}</code> → <code>{{.Base}}</code></td><td class="{{.State}}">{{.State}}</td>
 <td><code>{{printf "%.10s" .HeadSHA}}</code></td><td>{{.CreatedAt.Format "2006-01-02 15:04:05Z07:00"}}</td></tr>
-{{if $.Single}}<tr><td></td><td colspan="5"><pre>{{.Body}}</pre></td></tr>{{end}}
+{{if $.Single}}<tr><td></td><td colspan="5"><div class="body">{{.Rendered}}</div>
+{{if .Diff}}<h3>Files changed</h3><div class="diff">{{range .Diff}}<span class="{{.Kind}}">{{.Text}}</span>{{end}}</div>{{end}}</td></tr>{{end}}
 {{end}}</table>{{else}}<p>No pull requests.</p>{{end}}
 {{else}}<p>No repositories.</p>{{end}}
 </body></html>
@@ -43,7 +46,9 @@ type pageRepo struct {
 
 type pagePull struct {
 	PullRequest
-	Link string
+	Link     string
+	Rendered template.HTML // the body (one PR's page only)
+	Diff     []diffLine
 }
 
 // servePage renders "/" (every repository), "/<owner>/<repo>" and
@@ -89,7 +94,11 @@ func (f *Forge) servePage(w http.ResponseWriter, r *http.Request) {
 		for _, p := range prs {
 			if number == 0 || p.Number == number {
 				link := "/" + repo.Owner + "/" + repo.Name + "/pull/" + strconv.Itoa(p.Number)
-				pr.Pulls = append(pr.Pulls, pagePull{PullRequest: p, Link: link})
+				pp := pagePull{PullRequest: p, Link: link}
+				if number != 0 {
+					pp.Rendered, pp.Diff = renderMarkdown(p.Body), f.pullDiff(r.Context(), repo.Owner, repo.Name, p)
+				}
+				pr.Pulls = append(pr.Pulls, pp)
 			}
 		}
 		if number != 0 && len(pr.Pulls) == 0 {

@@ -1,12 +1,16 @@
 package localforge
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/google/go-github/v60/github"
 )
 
 func postJSON(t *testing.T, url, token, body string) (int, map[string]any) {
@@ -93,5 +97,44 @@ func TestCreateRepoOverTheAPI(t *testing.T) {
 				t.Errorf("%s: %v, want an error on %s", c.body, out, c.field)
 			}
 		}
+	}
+}
+
+// TestPullPageRendersBodyAndDiff: a pull request's page shows its body as
+// markdown, without the hidden marker, escaped, and the diff.
+func TestPullPageRendersBodyAndDiff(t *testing.T) {
+	f, srv := startForge(t, Config{})
+	createRepo(t, f, "acme", "widgets")
+	work := t.TempDir()
+	auth := authEnv("x", testToken)
+	git(t, work, auth, "clone", "--quiet", srv.URL+"/git/acme/widgets.git", "w")
+	if err := os.WriteFile(work+"/w/.leviathan/backlog.yaml", []byte("tasks:\n  - id: T-1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	git(t, work+"/w", nil, "checkout", "--quiet", "-b", "feature")
+	git(t, work+"/w", nil, "commit", "--quiet", "-am", "Propose T-1")
+	git(t, work+"/w", auth, "push", "--quiet", "origin", "feature")
+	gh := newClient(t, srv.URL, testToken)
+	_, _, err := gh.PullRequests.Create(context.Background(), "acme", "widgets", &github.NewPullRequest{
+		Title: github.String("Add T-1"), Head: github.String("feature"), Base: github.String("main"),
+		Body: github.String("## Task T-1\n\n**Priority:** high <b>x</b>\n\n- `a.yaml`\n- two\n\n<!-- leviathan:task=T-1 attempt=a-1 -->\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(srv.URL + "/acme/widgets/pull/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"<h4>Task T-1</h4>", "<strong>Priority:</strong> high &lt;b&gt;x&lt;/b&gt;", "<li><code>a.yaml</code></li>",
+		`<span class="add">&#43;  - id: T-1</span>`, `<span class="del">-tasks: []</span>`} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("page lacks %q\n%s", want, page)
+		}
+	}
+	if strings.Contains(string(page), "leviathan:task") || strings.Contains(string(page), "<b>") {
+		t.Errorf("page shows the marker or unescaped markup:\n%s", page)
 	}
 }
