@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/nats-io/nats.go/jetstream"
 	"io"
 	"strconv"
 	"strings"
@@ -73,8 +74,10 @@ func cmdConfig(ctx context.Context, args []string, env environment, stdout, stde
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, stage.ConfigBucket)
-	if err != nil {
-		return fmt.Errorf("bucket %s (is a Leviathan service running against this NATS?): %w", stage.ConfigBucket, err)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("the %s bucket does not exist on %s yet: run `leviathan setup` once against this NATS (a deployment's set-up Job does; `leviathan dev` does it itself), then try again", stage.ConfigBucket, *natsURL)
+	} else if err != nil {
+		return fmt.Errorf("bucket %s: %w", stage.ConfigBucket, err)
 	}
 	store := policy.Store{KV: kv}
 

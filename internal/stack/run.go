@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -114,6 +116,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	}
 	defer nc.Close()
 	conn.Store(nc)
+	cfg.ForgeAPIURL = NormalizeForgeAPIURL(cfg.ForgeAPIURL)
 	pol, err := egress.New(egress.Config{ForgeAPIURL: cfg.ForgeAPIURL, Allowed: cfg.AllowedHosts, Private: cfg.PrivateHosts})
 	if err != nil {
 		return err
@@ -169,4 +172,30 @@ func runLocalforge(ctx context.Context, cfg ServiceConfig, ln net.Listener) erro
 		return err
 	}
 	return nil
+}
+
+// NormalizeForgeAPIURL completes LEVIATHAN_FORGE_API_URL as a GitHub
+// Enterprise (or localforge) API root: a bare host (http://forge:3000)
+// gets /api/v3/, and every root ends in '/', as go-github needs. Empty
+// stays empty (api.github.com); api.github.com's root is kept as it is.
+func NormalizeForgeAPIURL(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return s // egress.New says what is wrong with it
+	}
+	if u.Path == "" || u.Path == "/" {
+		if !strings.EqualFold(u.Hostname(), "api.github.com") {
+			u.Path = "/api/v3/"
+		} else {
+			u.Path = "/"
+		}
+	}
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
+	}
+	return u.String()
 }

@@ -218,3 +218,19 @@ func TestDataDirLock(t *testing.T) {
 	}
 	_ = again.Close()
 }
+
+func TestNormalizeForgeAPIURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                                 "",
+		"http://localforge:3000":           "http://localforge:3000/api/v3/",
+		"http://localforge:3000/":          "http://localforge:3000/api/v3/",
+		"http://localforge:3000/api/v3":    "http://localforge:3000/api/v3/",
+		"https://ghe.example.com/api/v3/":  "https://ghe.example.com/api/v3/",
+		"https://api.github.com":           "https://api.github.com/",
+		" https://ghe.example.com/custom ": "https://ghe.example.com/custom/",
+	} {
+		if got := NormalizeForgeAPIURL(in); got != want {
+			t.Errorf("NormalizeForgeAPIURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
