@@ -22,6 +22,20 @@ import (
 	"github.com/leviathan-dev/leviathan/internal/stage"
 )
 
+// startStack starts the embedded stack on free ports in a temporary
+// directory for one test; cfg sets anything else.
+func startStack(t *testing.T, ctx context.Context, cfg stack.StackConfig) *stack.Stack {
+	t.Helper()
+	cfg.DataDir, cfg.NATSAddr, cfg.ForgeAddr, cfg.HTTPAddr = t.TempDir(), "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := stack.StartStack(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
 func env(vars map[string]string) func(string) string {
 	return func(k string) string { return vars[k] }
 }
@@ -94,14 +108,9 @@ func TestSubmitWithoutServer(t *testing.T) {
 func TestSubmitWait(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startStack(t, ctx, stack.StackConfig{})
 	var out, errOut bytes.Buffer
-	err = run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
+	err := run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
 		"--task-id", "T-cli", "--title", "From the CLI", "--attempt-id", "a-cli", "--wait"}, env(nil), &out, &errOut)
 	if err != nil {
 		t.Fatalf("submit: %v\n%s%s", err, out.String(), errOut.String())
@@ -137,14 +146,9 @@ func TestHelpAndVersion(t *testing.T) {
 func TestWatchUnknownAndRejected(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startStack(t, ctx, stack.StackConfig{})
 	var out bytes.Buffer
-	err = run(ctx, []string{"watch", "--nats-url", s.NATSURL, "a-never"}, env(nil), &out, &out)
+	err := run(ctx, []string{"watch", "--nats-url", s.NATSURL, "a-never"}, env(nil), &out, &out)
 	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "has no attempt a-never") {
 		t.Fatalf("watch of an unknown attempt: %v", err)
 	}
@@ -164,12 +168,7 @@ func TestWatchUnknownAndRejected(t *testing.T) {
 func TestVerify(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startStack(t, ctx, stack.StackConfig{})
 	e := env(map[string]string{"LEVIATHAN_CONTROL_PLANE_TOKEN": s.ControlToken(), "LEVIATHAN_CONTROL_PLANE_URL": s.ControlURL, "NATS_URL": s.NATSURL})
 	var out bytes.Buffer
 	if err := run(ctx, []string{"submit", "--target", "demo", "--repo-url", s.DemoRepoURL(),
@@ -181,7 +180,7 @@ func TestVerify(t *testing.T) {
 	if err := s.NATS().Publish("leviathan.attempts.a-secret.attempt.requested", []byte(secret)); err != nil {
 		t.Fatal(err)
 	}
-	err = run(ctx, []string{"watch", "a-secret"}, e, &out, &out)
+	err := run(ctx, []string{"watch", "a-secret"}, e, &out, &out)
 	if exitCode(err) != 2 {
 		t.Fatalf("watch of the rejected request: %v\n%s", err, out.String())
 	}
@@ -228,12 +227,7 @@ func TestVerify(t *testing.T) {
 func TestForgeRepoCreate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0", DemoRepos: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startStack(t, ctx, stack.StackConfig{DemoRepos: 2})
 	if urls := s.DemoRepoURLs(); len(urls) != 2 || urls[1][0] != "demo-2" {
 		t.Fatalf("demo repositories %v", urls)
 	}

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -21,15 +19,10 @@ import (
 func TestRetryReusesThePushedBranch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startStack(t, ctx, stack.StackConfig{})
 	s.Forge().InjectFault(localforge.Fault{Path: "/pulls", Status: http.StatusForbidden, Message: "Resource not accessible by integration", Times: 1000})
 	var out, errOut bytes.Buffer
-	err = run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
+	err := run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
 		"--task-id", "T-retry", "--title", "Retried", "--attempt-id", "a-first", "--wait"}, env(nil), &out, &errOut)
 	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "auth_failed") {
 		t.Fatalf("first attempt: %v\n%s", err, out.String())

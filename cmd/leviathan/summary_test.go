@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,14 +21,9 @@ func TestSummaryAndWatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const token = "tok-summary-secret"
-	s, err := stack.StartStack(ctx, stack.StackConfig{DataDir: t.TempDir(), NATSAddr: "127.0.0.1:0", ForgeAddr: "127.0.0.1:0",
-		HTTPAddr: "127.0.0.1:0", ControlToken: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startStack(t, ctx, stack.StackConfig{ControlToken: token})
 	var out, errOut bytes.Buffer
-	err = run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
+	err := run(ctx, []string{"submit", "--nats-url", s.NATSURL, "--target", "demo", "--repo-url", s.DemoRepoURL(),
 		"--task-id", "T-sum", "--title", "Summarised", "--attempt-id", "a-sum", "--wait"}, env(nil), &out, &errOut)
 	if err != nil {
 		t.Fatalf("submit: %v\n%s%s", err, out.String(), errOut.String())

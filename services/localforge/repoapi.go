@@ -33,25 +33,18 @@ type RepoRequest struct {
 
 // RepoView is GitHub's repository JSON, the fields a client reads.
 type RepoView struct {
-	ID            int64   `json:"id"`
-	Name          string  `json:"name"`
-	FullName      string  `json:"full_name"`
-	Owner         apiUser `json:"owner"`
-	Private       bool    `json:"private"`
-	HTMLURL       string  `json:"html_url"`
-	URL           string  `json:"url"`
-	CloneURL      string  `json:"clone_url"`
-	DefaultBranch string  `json:"default_branch"`
+	apiRepo
+	DefaultBranch string `json:"default_branch"`
 }
 
 func (f *Forge) repoView(r *http.Request, owner, name, branch string) RepoView {
 	base := f.base(r)
-	return RepoView{
+	return RepoView{apiRepo: apiRepo{
 		ID: stableID(owner + "/" + name), Name: name, FullName: owner + "/" + name,
 		Owner:   apiUser{Login: owner, ID: stableID(owner), Type: "Organization"},
 		Private: true, HTMLURL: base + "/" + owner + "/" + name, URL: base + "/api/v3/repos/" + owner + "/" + name,
-		CloneURL: f.cloneURLFor(r, owner, name), DefaultBranch: branch,
-	}
+		CloneURL: f.cloneURLFor(r, owner, name),
+	}, DefaultBranch: branch}
 }
 
 func (f *Forge) createRepo(w http.ResponseWriter, r *http.Request) {
