@@ -288,6 +288,14 @@ func allDigits(parts ...[]byte) bool {
 
 var errCanonSyntax = errors.New("invalid JSON")
 
+// strSafe marks the bytes a string's canonical form keeps as they are.
+var strSafe = func() (t [256]bool) {
+	for c := 0x20; c < 0x7f; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // maxCanonDepth bounds nesting, as the stream's bytes may be hostile.
 const maxCanonDepth = 200
 
@@ -386,6 +394,9 @@ func (p *canonParser) strBytes() (s []byte, printable bool, err error) {
 	plain, ascii := true, true
 	for p.i++; p.i < len(p.data); p.i++ {
 		c := p.data[p.i]
+		if strSafe[c] {
+			continue // the common case: printable ASCII other than '"' and '\\'
+		}
 		switch {
 		case c == '"':
 			p.i++

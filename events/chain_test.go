@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/leviathan-dev/leviathan/events"
 )
@@ -81,5 +82,28 @@ func TestIsoFormat(t *testing.T) {
 		if got := events.IsoFormat(in); got != want {
 			t.Errorf("IsoFormat(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// BenchmarkBeginEnvelope is the projector's per-event cost of the chain
+// (the part its decode workers run), for a typical event.
+func BenchmarkBeginEnvelope(b *testing.B) {
+	env, err := events.New(events.PRCreated, "pr-7f3a", events.Ref{AttemptID: "a-20261130-034108-9f2c", TaskID: "T-42", TargetID: "atlas"},
+		events.PROpened{Ref: events.Ref{AttemptID: "a-20261130-034108-9f2c", TaskID: "T-42", TargetID: "atlas"}, PRNumber: 17,
+			PRURL: "https://github.com/acme/atlas/pull/17", BranchName: "agent/backlog-propose-a-20261130-034108-9f2c",
+			CommitSHA: "0123456789abcdef0123456789abcdef01234567", Title: "Leviathan: Propose backlog entry", State: "open"},
+		time.Date(2026, 11, 30, 3, 41, 8, 123456789, time.UTC))
+	if err != nil {
+		b.Fatal(err)
+	}
+	data, _ := env.Marshal()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		p, err := events.BeginEnvelope(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Finish(nil)
 	}
 }
