@@ -6,11 +6,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/nats-io/nats.go/jetstream"
 	"io"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/internal/policy"
 	"github.com/leviathan-dev/leviathan/internal/stage"
@@ -19,9 +20,10 @@ import (
 const configUsage = `Usage:
   leviathan config get <target>                 print the target's policy (defaults filled in)
   leviathan config set <target> [flags]         change some fields, keep the others
-      --autonomy=true|false                     the kill switch
-      --max-open-prs=N                          cap on open Leviathan pull requests
-      --allowed-path-prefixes=a/,b/             paths attempts may change ("" clears)
+      --autonomy=true|false                     the kill switch (or autonomy_enabled=false)
+      --max-open-prs=N                          cap on open Leviathan pull requests (or max_open_prs=N)
+      --allowed-path-prefixes=a/,b/             paths attempts may change ("" clears;
+                                                or allowed_path_prefixes=a/,b/)
   leviathan config list                         every target with a policy
   leviathan config delete <target>              back to the defaults
 
@@ -56,11 +58,31 @@ func cmdConfig(ctx context.Context, args []string, env environment, stdout, stde
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		target, args = args[0], args[1:]
 	}
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: 2, msg: err.Error()}
+	// Flags, the target and, for set, key=value pairs as `config list`
+	// prints them (autonomy_enabled=false) may come in any order; anything
+	// else is an error, not silently dropped.
+	fields := map[string]*optionalString{
+		"autonomy_enabled": &autonomy, "autonomy": &autonomy, "max_open_prs": &maxOpen, "max-open-prs": &maxOpen,
+		"allowed_path_prefixes": &prefixes, "allowed-path-prefixes": &prefixes,
 	}
-	if target == "" && fs.NArg() > 0 {
-		target = fs.Arg(0)
+	for {
+		if err := fs.Parse(args); err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		arg := fs.Arg(0)
+		args = fs.Args()[1:]
+		key, value, isPair := strings.Cut(arg, "=")
+		switch {
+		case isPair && sub == "set" && fields[key] != nil:
+			_ = fields[key].Set(value)
+		case !isPair && target == "":
+			target = arg
+		default:
+			return &exitError{code: 2, msg: fmt.Sprintf("config %s: unexpected argument %q\n%s", sub, arg, configUsage)}
+		}
 	}
 	if sub != "list" && target == "" {
 		return &exitError{code: 2, msg: "config " + sub + ": which target?"}

@@ -49,8 +49,16 @@ func TestConfigCommand(t *testing.T) {
 	if out, err := cfg("list"); err != nil || !strings.Contains(out, "demo\tautonomy_enabled=false max_open_prs=4") {
 		t.Fatalf("list: %v %q", err, out)
 	}
+	// The form list prints, as set's arguments, flags after them too.
+	if out, err := cfg("set", "demo", "autonomy_enabled=true", "max_open_prs=5", "--allowed-path-prefixes="); err != nil {
+		t.Fatalf("set key=value: %v %s", err, out)
+	}
+	if m := get("demo"); m["autonomy_enabled"] != true || m["max_open_prs"] != float64(5) || len(toStrings(m["allowed_path_prefixes"])) != 0 {
+		t.Fatalf("after set key=value: %v", m)
+	}
 	for _, bad := range [][]string{
 		{"set", "demo", "--autonomy=maybe"}, {"set", "demo", "--max-open-prs=-1"}, {"set"}, {"frobnicate", "demo"}, {},
+		{"set", "demo", "bogus"}, {"set", "demo", "colour=blue"}, {"get", "demo", "extra"},
 	} {
 		if out, err := cfg(bad...); exitCode(err) != 2 {
 			t.Errorf("config %v: exit %d (%v) %s, want 2", bad, exitCode(err), err, out)

@@ -27,7 +27,7 @@ var devForgeTokenFile = filepath.Join(".leviathan-dev", "forge.token")
 // in localforge, made through its API (POST /api/v3/orgs/{owner}/repos).
 func cmdForge(ctx context.Context, args []string, env environment, stdout, stderr io.Writer) error {
 	const usage = "Usage: leviathan forge repo create <owner>/<name> [--from DIR] [--backlog] [flags]"
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+	if len(args) > 0 && isHelp(args[len(args)-1]) && len(args) <= 2 {
 		fmt.Fprintln(stdout, usage)
 		return nil
 	}
@@ -123,9 +123,12 @@ func cmdForge(ctx context.Context, args []string, env environment, stdout, stder
   clone URL  %s
   git user   any non-empty name, with localforge's token as the password
   submit     leviathan submit --target %s --repo-url %s --branch %s --task-id T-1 --title "..." --wait
+             (with --nats-url when NATS is not on 127.0.0.1:4222)
 `, repo.FullName, repo.DefaultBranch, repo.CloneURL, name, repo.CloneURL, repo.DefaultBranch)
 	return nil
 }
+
+func isHelp(s string) bool { return s == "-h" || s == "-help" || s == "--help" }
 
 // readTree reads the regular files under dir into files (path → base64),
 // skipping dot-directories (.git among them); at most 4,000 files and

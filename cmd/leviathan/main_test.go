@@ -131,7 +131,7 @@ func TestHelpAndVersion(t *testing.T) {
 	for _, args := range [][]string{
 		{"-h"}, {"--help"}, {"--version"}, {"version"},
 		{"dev", "-h"}, {"demo", "-h"}, {"setup", "-h"}, {"run", "-h"}, {"run", "clone", "-h"}, {"submit", "-h"},
-		{"watch", "-h"}, {"retry", "-h"}, {"summary", "-h"}, {"config", "-h"}, {"verify", "-h"}, {"forge", "-h"}, {"forge", "repo", "create", "-h"},
+		{"watch", "-h"}, {"retry", "-h"}, {"summary", "-h"}, {"config", "-h"}, {"verify", "-h"}, {"forge", "-h"}, {"forge", "repo", "-h"}, {"forge", "repo", "create", "-h"},
 	} {
 		var out bytes.Buffer
 		if err := run(context.Background(), args, env(nil), &out, &out); err != nil {

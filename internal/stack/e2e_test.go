@@ -319,7 +319,10 @@ func TestDuplicateRequestYieldsOnePR(t *testing.T) {
 	// The ignored copy is said where users look: in the failures, with
 	// the attempt id and why, and counted; the attempt is untouched and
 	// its timeline has one request.
-	for countSubject(t, s, events.Subject("a-dup", events.RequestDuplicate)) != 1 {
+	// A third copy, after the attempt ended, must not move its last
+	// update either.
+	publishBare(t, s, "a-dup", body)
+	for countSubject(t, s, events.Subject("a-dup", events.RequestDuplicate)) != 2 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	waitApplied(t, s)
@@ -327,17 +330,21 @@ func TestDuplicateRequestYieldsOnePR(t *testing.T) {
 		Failures []map[string]any `json:"failures"`
 	}
 	getJSON(t, s, "/v1/failures", &fs)
-	if len(fs.Failures) != 1 || fs.Failures[0]["attempt_id"] != "a-dup" || fs.Failures[0]["failure_type"] != "duplicate_request" ||
+	if len(fs.Failures) != 2 || fs.Failures[0]["attempt_id"] != "a-dup" || fs.Failures[0]["failure_type"] != "duplicate_request" ||
 		!strings.Contains(fs.Failures[0]["error"].(string), "already taken") {
 		t.Fatalf("failures %v", fs.Failures)
 	}
 	var at struct {
 		Node struct {
 			Properties map[string]any `json:"properties"`
+			UpdatedAt  string         `json:"updated_at"`
 		} `json:"attempt_node"`
 		Events []map[string]any `json:"events"`
 	}
 	getJSON(t, s, "/v1/attempts/a-dup", &at)
+	if last := at.Events[len(at.Events)-1]; at.Node.UpdatedAt != last["timestamp"] {
+		t.Fatalf("updated_at %s, want its last event's time %v (the ignored request moved it)", at.Node.UpdatedAt, last["timestamp"])
+	}
 	requested := 0
 	for _, e := range at.Events {
 		if e["event_type"] == string(events.AttemptRequested) {
@@ -347,7 +354,7 @@ func TestDuplicateRequestYieldsOnePR(t *testing.T) {
 	if at.Node.Properties["status"] != "succeeded" || at.Node.Properties["failure_type"] != nil || requested != 1 {
 		t.Fatalf("attempt after a duplicate: %v, %d requests on its timeline", at.Node.Properties, requested)
 	}
-	if m := scrape(t, s.ControlURL+"/metrics"); !strings.Contains(m, "leviathan_duplicate_requests_total 1") {
+	if m := scrape(t, s.ControlURL+"/metrics"); !strings.Contains(m, "leviathan_duplicate_requests_total 2") {
 		t.Fatalf("metrics lack the duplicate:\n%s", m)
 	}
 }

@@ -302,7 +302,7 @@ func TestGuardrailsApplyLive(t *testing.T) {
 	}
 	p := payload[events.PROpened](t, second, events.PRCreated)
 	done := payload[events.Succeeded](t, second, events.AttemptSucceeded)
-	if !p.Reused || p.PRNumber != 1 || p.BranchName != events.DefaultBranchPrefix+"a-on" ||
+	if !p.Reused || p.PRNumber != 1 || p.BranchName != events.DefaultBranchPrefix+"a-on" || p.Title != "Leviathan: Task T-same" ||
 		!strings.Contains(done.Note, "task T-same already has open pull request #1") || !strings.Contains(done.Note, "attempt a-on") {
 		t.Fatalf("second attempt: pr.created %+v, note %q", p, done.Note)
 	}

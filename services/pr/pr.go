@@ -126,6 +126,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	case err != nil:
 		return classify(err)
 	case reused && pushed.AdoptedPR != 0:
+		title = pr.Title
 		other := ""
 		if _, attempt, ok := policy.MarkedTask(pr.Body); ok {
 			other = " by attempt " + attempt
@@ -133,6 +134,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		note = fmt.Sprintf("task %s already has open pull request #%d (branch %s%s); adopted it, and nothing was pushed",
 			req.Task.ID, pr.Number, branch, other)
 	case reused:
+		title = pr.Title
 		note = fmt.Sprintf("pull request #%d already existed for branch %s; adopted", pr.Number, branch)
 	}
 	if err := in.Publish(ctx, events.PRCreated, events.PROpened{

@@ -921,6 +921,11 @@ func (g *Graph) duplicateRequest(a *attempt, r *record, typ sym) {
 		a.steps = slices.DeleteFunc(a.steps, func(s step) bool {
 			return s.seq == uint64(r.dupSeq) && g.syms.str(s.typ) == string(events.AttemptRequested)
 		})
+		// The ignored request set the attempt's last update: back to its
+		// own last event.
+		if n := len(a.steps); n > 0 {
+			a.updated = a.steps[n-1].ts
+		}
 	}
 	g.failed = append(g.failed, &failure{attempt: a, seq: r.seq, ts: r.ts, typ: typ, stage: g.syms.of("clone"),
 		kind: g.syms.of("duplicate_request"), summary: string(r.reason)})
