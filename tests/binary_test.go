@@ -39,10 +39,10 @@ func TestDemoBinary(t *testing.T) {
 		t.Fatalf("leviathan demo: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
 	out := stdout.String()
-	if !regexp.MustCompile(`(?m)^pull request: http://127\.0\.0\.1:\d+/leviathan/demo/pull/1$`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^succeeded: http://127\.0\.0\.1:\d+/leviathan/demo/pull/1$`).MatchString(out) {
 		t.Fatalf("no PR URL:\n%s", out)
 	}
-	if !strings.Contains(out, `"PullRequest": 1`) || !strings.Contains(out, `"PRODUCED": 2`) {
+	if !strings.Contains(out, "PullRequest 1") || !strings.Contains(out, "PRODUCED 2") {
 		t.Fatalf("no graph summary:\n%s", out)
 	}
 }

@@ -332,15 +332,17 @@ func TestGuardrailsApplyLive(t *testing.T) {
 }
 
 // TestClosedPRIsNotReopened: a human closes the PR of the attempt's
-// branch just before the pr stage looks (its lookup is slowed down to make
-// room); the stage refuses to open another and says why.
+// branch just before the pr stage looks (the lookups are slowed down to
+// make room); the stage refuses to open another and says why.
 func TestClosedPRIsNotReopened(t *testing.T) {
 	s := startTestStack(t, nil)
 	ctx := context.Background()
 	if err := s.Forge().CreateRepo(ctx, "o", "closed", "main", map[string][]byte{events.BacklogPath: []byte("tasks: []\n")}); err != nil {
 		t.Fatal(err)
 	}
-	s.Forge().InjectFault(localforge.Fault{Method: "GET", Path: "/repos/o/closed/pulls", Statuses: []int{0}, Delay: time.Second})
+	// Two slow lookups: push's question for the task's open PR, then
+	// pr's own lookup, during which the human acts.
+	s.Forge().InjectFault(localforge.Fault{Method: "GET", Path: "/repos/o/closed/pulls", Statuses: []int{0, 0}, Delay: time.Second})
 	publishBare(t, s, "a-closed", request(s.Forge().CloneURL("o", "closed"), "T-c", nil))
 	waitEventType(t, s, "a-closed", events.BranchPushed)
 	if code := forgeAPI(t, s, "POST", "/repos/o/closed/pulls", map[string]any{
