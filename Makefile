@@ -4,7 +4,7 @@ BIN     ?= bin/leviathan
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/leviathan-dev/leviathan/internal/stack.Version=0.1.0-$(VERSION)
 
-.PHONY: all build demo dev test test-deps test-short lint fuzz clean
+.PHONY: all build demo dev test test-deps test-short lint fuzz clean e2e
 
 all: build
 
@@ -27,6 +27,13 @@ test: test-deps lint
 
 test-deps:
 	@bash .ci/test-deps
+
+# The cluster end-to-end test at full size: the prod overlay's three-node
+# NATS cluster and two replicas of every stage in containers, 100 attempts
+# without and with faults (tests/deploy/cluster_test.go; the default test
+# run has it with 20 attempts and faults only). LEVIATHAN_E2E_SEED replays.
+e2e: test-deps
+	LEVIATHAN_E2E_ATTEMPTS=$${LEVIATHAN_E2E_ATTEMPTS:-100} LEVIATHAN_E2E_CALM=1 $(GO) test -count=1 -timeout 60m -v -run 'TestClusterEndToEnd' ./tests/deploy/
 
 test-short:
 	$(GO) test -count=1 ./...

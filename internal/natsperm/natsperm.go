@@ -154,11 +154,14 @@ func For(user string) (p Permissions, ok bool) {
 	case SetupUser:
 		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}}, true
 	case ClientUser:
-		// Submit through clone's endpoint, follow attempts with ordered
-		// consumers, list the services; replies on the usual _INBOX, as
-		// the nats CLI uses.
+		// Submit through clone's endpoint or by publishing a request,
+		// follow attempts with ordered consumers, list the services;
+		// replies on the usual _INBOX, as the nats CLI uses.
 		sub = set{"_INBOX.>": true}
 		pub.add("leviathan.api.submit", "leviathan.svc.*.status", "$SRV.>")
+		// `nats pub` of a bare request, as users submit too (clone
+		// validates it as it validates any request).
+		emits(pub, events.AttemptRequested)
 		streamRead(pub, stream)
 		orderedConsumers(pub, stream)
 		return Permissions{Publish: pub.list(), PublishDeny: durableDenies(), Subscribe: sub.list()}, true

@@ -132,12 +132,16 @@ func render(t *testing.T, overlay string) *rendered {
 	if r, ok := renderCache[overlay]; ok {
 		return r
 	}
-	raw := kustomize(t, filepath.Join(root, "deploy", "overlays", overlay))
+	dir := filepath.Join(root, "deploy", "overlays", overlay)
+	if strings.Contains(overlay, "/") { // a test overlay, by its path from the repository root
+		dir = filepath.Join(root, overlay)
+	}
+	raw := kustomize(t, dir)
 	docs, err := splitYAML(raw)
 	if err != nil {
 		t.Fatalf("%s: split: %v", overlay, err)
 	}
-	r := &rendered{overlay: overlay, raw: raw}
+	r := &rendered{overlay: filepath.Base(overlay), raw: raw} // a name for networks and containers
 	for i, doc := range docs {
 		obj, err := decodeStrict(doc)
 		if err != nil {
