@@ -260,6 +260,24 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 		}
 	}
 
+	// nats micro ls lists every replica: two of each stage, the projector.
+	var services []struct {
+		Name string `json:"name"`
+		ID   string `json:"id"`
+	}
+	out := c.natsCLI(natscli, "micro", "ls", "--json")
+	if err := json.Unmarshal([]byte(out), &services); err != nil {
+		t.Fatalf("nats micro ls --json: %v\n%s", err, out)
+	}
+	instances := map[string]int{}
+	for _, s := range services {
+		instances[s.Name]++
+	}
+	want := map[string]int{"leviathan-clone": 2, "leviathan-backlog-edit": 2, "leviathan-push": 2, "leviathan-pr": 2, "leviathan-projector": 1}
+	if fmt.Sprint(instances) != fmt.Sprint(want) {
+		t.Errorf("nats micro ls lists %v, want %v", instances, want)
+	}
+
 	// The faults run beside the attempts, all of them: the submissions
 	// are spread over the plan's time, so that every fault hits work in
 	// progress.
@@ -311,9 +329,6 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 		default:
 			c.submit(body)
 		}
-	}
-	if out := c.natsCLI(natscli, "micro", "ls"); !strings.Contains(out, "leviathan-clone") || !strings.Contains(out, "leviathan-pr") {
-		t.Errorf("nats micro ls does not list the services:\n%s", out)
 	}
 
 	// Wait for every attempt to end, bounded by progress: a minute
