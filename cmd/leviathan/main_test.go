@@ -201,6 +201,14 @@ func TestVerify(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
+	// The projector's status counts what it applied.
+	status, err := s.NATS().Request("leviathan.svc.projector.status", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(status.Data), `"processed":0`) {
+		t.Fatalf("projector status: %s", status.Data)
+	}
 	out.Reset()
 	if err := run(ctx, []string{"verify"}, e, &out, &out); err != nil || !strings.Contains(out.String(), "chain verified") {
 		t.Fatalf("verify of an intact stream: %v\n%s", err, out.String())

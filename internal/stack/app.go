@@ -309,7 +309,10 @@ func projectorComponent(d *deps, ln net.Listener, token, tokenFile string) (*com
 		}
 		return err
 	}
-	return &component{name: "projector", run: run}, p
+	// Its status counts the events it has applied (a projector has no
+	// failures of its own and no message in flight).
+	stats := func() stage.Stats { return stage.Stats{Processed: int64(p.Graph().Counts().Applied)} }
+	return &component{name: "projector", run: run, stats: stats}, p
 }
 
 // healthHandler serves /healthz, /readyz and /metrics for a stage service.
