@@ -19,6 +19,7 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("fetch: %w", ErrAuth), events.AuthFailed, false},
 		{ErrRepoNotFound, events.RepoNotFound, false},
 		{ErrBranchNotFound, events.BranchNotFound, false},
+		{ErrRefLocked, events.RetriesExhausted, true},
 		{ErrRefBlocked, events.BranchConflict, false},
 		{ErrBranchConflict, events.BranchConflict, false},
 		{ErrPushRejected, events.ExecutionError, false},

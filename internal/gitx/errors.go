@@ -36,6 +36,10 @@ var (
 	// ErrPushRejected: the server refused the ref update for another reason
 	// (a hook, a protected ref, a policy); the message carries its reason.
 	ErrPushRejected = errors.New("gitx: push rejected by server")
+	// ErrRefLocked: the server could not lock the ref to update it (another
+	// update holds it, or a crashed one left its lock): transient, unlike
+	// ErrPushRejected; a later try goes through.
+	ErrRefLocked = errors.New("gitx: the server could not lock the ref")
 	// ErrFileNotFound: an element of the path is missing from the tree (or
 	// is not a directory where one is needed, or the file is not a blob).
 	ErrFileNotFound = errors.New("gitx: file not found")

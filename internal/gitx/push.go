@@ -153,6 +153,9 @@ func rejection(ctx context.Context, r Remote, ref plumbing.ReferenceName, h plum
 	if m := strings.TrimSpace(msgs); m != "" {
 		detail += ": " + strings.Join(strings.Fields(m), " ")
 	}
+	if strings.Contains(detail, "cannot lock ref") || strings.Contains(detail, "unable to lock") {
+		return false, fmt.Errorf("%w: %s: %s", ErrRefLocked, ref.Short(), detail)
+	}
 	return false, fmt.Errorf("%w: %s: %s", ErrPushRejected, ref.Short(), detail)
 }
 

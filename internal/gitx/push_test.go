@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/leviathan-dev/leviathan/events"
 	"os"
 	"path/filepath"
 	"slices"
@@ -292,5 +293,27 @@ func TestCommitKeepsExecutableBit(t *testing.T) {
 	}
 	if !bytes.Equal([]byte(git(t, dir, "cat-file", "blob", "agent/exec:README.md")), []byte("# demo")) {
 		t.Errorf("README changed")
+	}
+}
+
+// TestPushRefLocked: a ref whose lock is held on the server is a
+// transient refusal (ErrRefLocked, retried), not a rejection.
+func TestPushRefLocked(t *testing.T) {
+	tf := startForge(t, nil)
+	r, dir := tf.repo(t, "locked", smallRepo())
+	snap, repo := fetchRepo(t, r, backlogPath, StrategyMinimal)
+	c, err := repo.Commit(snap.Commit, backlogPath, []byte("tasks: []\n"), meta("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "refs", "heads", "agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "refs", "heads", "agent", "x.lock"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Push(context.Background(), r, "agent/x", c)
+	if ft, retry := Classify(err); !errors.Is(err, ErrRefLocked) || errors.Is(err, ErrPushRejected) || !retry || ft != events.RetriesExhausted {
+		t.Fatalf("Push = %v, want ErrRefLocked, retried", err)
 	}
 }

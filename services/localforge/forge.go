@@ -151,9 +151,18 @@ func New(cfg Config) (*Forge, error) {
 	f.SetBaseURL(cfg.BaseURL)
 	// Git clients send some username with the token as password; which
 	// username does not matter, as with a GitHub token.
+	// No git process runs before the server starts: every lock a killed
+	// one left in a repository is stale.
+	if repos, err := f.listRepos(); err == nil {
+		for _, repo := range repos {
+			for _, l := range clearStaleLocks(f.RepoDir(repo.Owner, repo.Name), 0) {
+				f.log.Warn("removed a stale git lock", "file", l)
+			}
+		}
+	}
 	git, err := newGitHandler(f.repoRoot(), func(user, pass string) bool {
 		return user != "" && f.validToken(pass)
-	})
+	}, f.log)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,8 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/http/cgi"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // repoName is what an owner or repository name may look like. It keeps
@@ -24,9 +27,10 @@ type gitHandler struct {
 	root    string
 	backend string // path of git-http-backend
 	check   func(user, pass string) bool
+	log     *slog.Logger
 }
 
-func newGitHandler(root string, check func(user, pass string) bool) (*gitHandler, error) {
+func newGitHandler(root string, check func(user, pass string) bool, log *slog.Logger) (*gitHandler, error) {
 	out, err := exec.Command("git", "--exec-path").Output()
 	if err != nil {
 		return nil, fmt.Errorf("localforge: git not found: %w", err)
@@ -35,7 +39,7 @@ func newGitHandler(root string, check func(user, pass string) bool) (*gitHandler
 	if _, err := os.Stat(backend); err != nil {
 		return nil, fmt.Errorf("localforge: git-http-backend: %w", err)
 	}
-	return &gitHandler{root: root, backend: backend, check: check}, nil
+	return &gitHandler{root: root, backend: backend, check: check, log: log}, nil
 }
 
 // ServeHTTP expects paths of the form /<owner>/<repo>.git/<git service path>
@@ -73,6 +77,13 @@ func (h *gitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Pass protocol v2 negotiation through to upload-pack.
 	if p := r.Header.Get("Git-Protocol"); p != "" {
 		cgiH.Env = append(cgiH.Env, "GIT_PROTOCOL="+p)
+	}
+	if strings.HasSuffix(parts[2], "git-receive-pack") {
+		// A push whose client was killed mid-update can leave a ref lock
+		// behind; git would refuse every later update of that ref.
+		for _, l := range clearStaleLocks(filepath.Join(h.root, parts[0], parts[1]), staleLockAge) {
+			h.log.Warn("removed a stale git lock", "file", l)
+		}
 	}
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = "/" + strings.Join(parts, "/")
@@ -127,4 +138,38 @@ func gitOutput(ctx context.Context, dir string, env []string, args ...string) ([
 		return out, fmt.Errorf("git %s: %w", args[0], err)
 	}
 	return out, nil
+}
+
+// staleLockAge is how old a ref lock must be to count as left behind: a
+// live receive-pack holds one for milliseconds.
+const staleLockAge = 30 * time.Second
+
+// clearStaleLocks removes the lock files a killed git process left in a
+// bare repository (refs/**.lock, packed-refs.lock, HEAD.lock), older than
+// minAge: git refuses to update a ref whose lock exists, forever. It
+// reports what it removed. (A real forge never shows its clients one.)
+func clearStaleLocks(repo string, minAge time.Duration) []string {
+	var removed []string
+	now := time.Now()
+	check := func(path string, info fs.FileInfo) {
+		if strings.HasSuffix(path, ".lock") && info.Mode().IsRegular() && now.Sub(info.ModTime()) >= minAge {
+			if os.Remove(path) == nil {
+				removed = append(removed, path)
+			}
+		}
+	}
+	for _, name := range []string{"packed-refs.lock", "HEAD.lock"} {
+		if info, err := os.Lstat(filepath.Join(repo, name)); err == nil {
+			check(filepath.Join(repo, name), info)
+		}
+	}
+	_ = filepath.WalkDir(filepath.Join(repo, "refs"), func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				check(path, info)
+			}
+		}
+		return nil
+	})
+	return removed
 }

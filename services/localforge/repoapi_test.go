@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-github/v60/github"
 )
@@ -136,5 +137,46 @@ func TestPullPageRendersBodyAndDiff(t *testing.T) {
 	}
 	if strings.Contains(string(page), "leviathan:task") || strings.Contains(string(page), "<b>") {
 		t.Errorf("page shows the marker or unescaped markup:\n%s", page)
+	}
+}
+
+// TestStaleRefLocksAreCleared: a ref lock a killed push left behind does
+// not block the ref forever: a push clears it once it is old, and a
+// restart clears every one.
+func TestStaleRefLocksAreCleared(t *testing.T) {
+	dir := t.TempDir()
+	f, srv := startForge(t, Config{Dir: dir})
+	createRepo(t, f, "acme", "widgets")
+	lock := f.RepoDir("acme", "widgets") + "/refs/heads/feature.lock"
+	work := t.TempDir()
+	auth := authEnv("x", testToken)
+	git(t, work, auth, "clone", "--quiet", srv.URL+"/git/acme/widgets.git", "w")
+	git(t, work+"/w", nil, "checkout", "--quiet", "-b", "feature")
+	git(t, work+"/w", nil, "commit", "--quiet", "--allow-empty", "-m", "work")
+
+	// A fresh lock is someone's update in progress: the push waits for it
+	// (here: fails), it is not taken away.
+	if err := os.WriteFile(lock, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := tryGit(work+"/w", auth, "push", "--quiet", "origin", "feature"); err == nil {
+		t.Fatalf("push through a fresh lock:\n%s", out)
+	}
+	// An old one was left by a killed update: cleared, the push goes through.
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(lock, old, old); err != nil {
+		t.Fatal(err)
+	}
+	git(t, work+"/w", auth, "push", "--quiet", "origin", "feature")
+
+	// At start every lock is stale: no git process runs yet.
+	if err := os.WriteFile(f.RepoDir("acme", "widgets")+"/refs/heads/other.lock", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Dir: dir, Token: testToken}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(f.RepoDir("acme", "widgets") + "/refs/heads/other.lock"); !os.IsNotExist(err) {
+		t.Fatalf("the lock is still there after a restart: %v", err)
 	}
 }
