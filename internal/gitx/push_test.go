@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/leviathan-dev/leviathan/events"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/go-git/go-git/v5/plumbing"
+
+	"github.com/leviathan-dev/leviathan/events"
 )
 
 // fetchRepo fetches path from main with strategy and opens the snapshot.
