@@ -21,7 +21,10 @@ type RequestRecord struct {
 	Path   string    `json:"path"`
 	Status int       `json:"status"` // 0 when the connection was dropped
 	Start  time.Time `json:"start"`
-	End    time.Time `json:"end"`
+	// Answered is when the response began (its status was written):
+	// no client can have its answer before. Zero for a dropped one.
+	Answered time.Time `json:"answered,omitzero"`
+	End      time.Time `json:"end"`
 	// Fault reports that an injected fault answered (or delayed) it.
 	Fault bool `json:"fault,omitempty"`
 	// Credential is the kind of credential the request carried: "token"
@@ -57,19 +60,20 @@ func (f *Forge) Requests() []RequestRecord {
 // hijack the connection.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status   int
+	answered time.Time
 }
 
 func (w *statusWriter) WriteHeader(status int) {
 	if w.status == 0 {
-		w.status = status
+		w.status, w.answered = status, time.Now()
 	}
 	w.ResponseWriter.WriteHeader(status)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.status, w.answered = http.StatusOK, time.Now()
 	}
 	return w.ResponseWriter.Write(b)
 }
@@ -91,7 +95,7 @@ func (f *Forge) record(next http.Handler) http.Handler {
 		r = r.WithContext(withFaultFlag(r.Context(), &faulted))
 		defer func() {
 			f.journal.add(RequestRecord{Method: r.Method, Path: r.URL.Path, Status: sw.status,
-				Start: start, End: time.Now(), Fault: faulted, Credential: f.credentialKind(r)})
+				Start: start, Answered: sw.answered, End: time.Now(), Fault: faulted, Credential: f.credentialKind(r)})
 		}()
 		next.ServeHTTP(sw, r)
 	})
