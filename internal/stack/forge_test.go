@@ -144,15 +144,19 @@ func TestForgeFaults(t *testing.T) {
 	}{
 		{name: "servererrors", faults: []localforge.Fault{{Method: "GET", Statuses: []int{500, 502}}}, events: happyPath, prs: 1},
 		{name: "lostcreate", faults: []localforge.Fault{{Method: "POST", Status: 502, AfterEffect: true}}, events: happyPath, reused: true, prs: 1},
-		{name: "duplicate", faults: []localforge.Fault{{Method: "GET", Statuses: []int{200}, Body: json.RawMessage("[]"), Delay: time.Second}},
+		// Two stale, slow lists: push's question for the task's open PR,
+		// then pr's own lookup, during which the other replica acts.
+		{name: "duplicate", faults: []localforge.Fault{{Method: "GET", Statuses: []int{200, 200}, Body: json.RawMessage("[]"), Delay: time.Second}},
 			events: happyPath, reused: true, prs: 1},
 		{name: "ratelimit429", faults: []localforge.Fault{{Method: "POST", Status: 429, RetryAfter: 2 * time.Second}},
 			events: happyPath, prs: 1, wait: 2 * time.Second},
 		{name: "secondary403", faults: []localforge.Fault{{Method: "POST", Status: 403}},
 			events: happyPath, prs: 1, wait: testForge.RateLimitBackoff},
-		{name: "unauthorized", faults: []localforge.Fault{{Status: 401}}, events: failed, failure: events.AuthFailed},
-		{name: "forbidden", faults: []localforge.Fault{{Status: 403, Message: "Resource not accessible by integration"}}, events: failed, failure: events.AuthFailed},
-		{name: "notfound", faults: []localforge.Fault{{Status: 404}}, events: failed, failure: events.RepoNotFound},
+		// On the create: push's question to pr (a list) must not be what
+		// meets them.
+		{name: "unauthorized", faults: []localforge.Fault{{Method: "POST", Status: 401}}, events: failed, failure: events.AuthFailed},
+		{name: "forbidden", faults: []localforge.Fault{{Method: "POST", Status: 403, Message: "Resource not accessible by integration"}}, events: failed, failure: events.AuthFailed},
+		{name: "notfound", faults: []localforge.Fault{{Method: "POST", Status: 404}}, events: failed, failure: events.RepoNotFound},
 		{name: "timeout", faults: []localforge.Fault{{Method: "POST", Delay: 3 * time.Second, AfterEffect: true}}, events: happyPath, reused: true, prs: 1},
 		{name: "dropped", faults: []localforge.Fault{{Method: "POST", Drop: true}}, events: happyPath, prs: 1},
 		{name: "exhausted", faults: []localforge.Fault{{Status: 500, Times: 10}}, events: failed, failure: events.RetriesExhausted},
