@@ -285,20 +285,14 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 	var interval time.Duration
 	var faultsDone sync.WaitGroup
 	var faultsMu sync.Mutex
+	startFaults := func() {}
 	if rng != nil {
 		plan = c.faultPlan(rng)
 		interval = time.Duration(len(plan)) * (faultGap + 2*time.Second) / time.Duration(n)
-		faultsDone.Add(1)
-		go func() {
-			defer faultsDone.Done()
-			for _, f := range plan {
-				time.Sleep(time.Duration(500+rng.IntN(int(2*faultGap/time.Millisecond)-1000)) * time.Millisecond)
-				f.do()
-				faultsMu.Lock()
-				v.faults = append(v.faults, f.name)
-				faultsMu.Unlock()
-			}
-		}()
+		startFaults = func() {
+			faultsDone.Add(1)
+			go c.runFaults(plan, rng, &faultsDone, &faultsMu, &v.faults)
+		}
 	}
 
 	// Submission as users do it: the first through nats req with the
@@ -314,7 +308,15 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 			"task": map[string]any{"id": "T-" + ids[i], "title": "Task " + ids[i], "allowed_paths": []string{events.BacklogPath},
 				"acceptance_criteria": []string{"a pull request proposes it"}},
 		})
-		if i > 0 {
+		if i == 2 {
+			// The two submissions with the nats CLI are made on a calm
+			// cluster: nats pub is fire-and-forget, and a request published
+			// while the stream has no leader is lost, as it would be for a
+			// user. The faults begin now.
+			c.waitStored(events.SubjectPrefix + "." + ids[1] + "." + string(events.AttemptRequested))
+			startFaults()
+		}
+		if i > 1 {
 			time.Sleep(interval)
 		}
 		switch i {
@@ -329,6 +331,10 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 		default:
 			c.submit(body)
 		}
+	}
+
+	if n <= 2 {
+		startFaults()
 	}
 
 	// Wait for every attempt to end, bounded by progress: a minute
@@ -384,6 +390,11 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 	if len(v.failures) > 0 {
 		t.Logf("%s: failed attempts:\n%s", name, strings.Join(v.failures, "\n"))
 	}
+	for _, id := range ids {
+		if _, ok := terminal[id]; !ok {
+			t.Logf("%s: attempt %s did not end; its events: %s", name, id, c.eventsOf(id))
+		}
+	}
 	c.judgeForge(&v, prefix)
 	c.judgeSummary(&v, prefix, n)
 	return v
@@ -421,6 +432,56 @@ func (c *cluster) submit(body []byte) {
 			c.t.Fatalf("submit: %v", err)
 		}
 		time.Sleep(time.Second)
+	}
+}
+
+// runFaults runs plan, each fault after a random pause.
+func (c *cluster) runFaults(plan []fault, rng *rand.Rand, done *sync.WaitGroup, mu *sync.Mutex, names *[]string) {
+	defer done.Done()
+	for _, f := range plan {
+		time.Sleep(time.Duration(500+rng.IntN(int(2*faultGap/time.Millisecond)-1000)) * time.Millisecond)
+		f.do()
+		mu.Lock()
+		*names = append(*names, f.name)
+		mu.Unlock()
+	}
+}
+
+// waitStored waits until the stream holds a message on subject.
+func (c *cluster) waitStored(subject string) {
+	c.t.Helper()
+	js, _ := jetstream.New(c.client)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if st, err := js.Stream(context.Background(), stage.StreamName); err == nil {
+			if _, err := st.GetLastMsgForSubject(context.Background(), subject); err == nil {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the stream has no message on %s 30 s after nats pub", subject)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// eventsOf lists the event types of an attempt in the stream.
+func (c *cluster) eventsOf(id string) string {
+	js, _ := jetstream.New(c.client)
+	cons, err := js.OrderedConsumer(context.Background(), stage.StreamName, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.SubjectPrefix + "." + id + ".>"}})
+	if err != nil {
+		return err.Error()
+	}
+	var types []string
+	for {
+		msg, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			return strings.Join(types, ",")
+		}
+		if _, t, err := events.ParseSubject(msg.Subject()); err == nil {
+			types = append(types, string(t))
+		}
 	}
 }
 
