@@ -126,16 +126,9 @@ func startCluster(t *testing.T) *cluster {
 	p := dockerPool(t)
 	r := render(t, "tests/deploy/testdata/prod-localforge")
 	k := newKubelet(t, p, r, buildImages(t, p))
-	k.secrets = map[string]map[string]string{}
-	for name, keys := range documentedSecrets(t) {
-		k.secrets[name] = map[string]string{}
-		for _, key := range keys {
-			k.secrets[name][key] = key + "-" + randomHex(8)
-		}
-	}
+	k.createProdSecrets()
 	// One token for localforge, the git pushes and the PR API, as one
 	// GitHub token would serve all three.
-	k.secrets["leviathan-git"]["username"] = "x-access-token"
 	k.secrets["leviathan-forge"]["token"] = k.secrets["leviathan-git"]["token"]
 	c := &cluster{t: t, k: k, r: r, secrets: k.secrets}
 

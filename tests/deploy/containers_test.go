@@ -87,6 +87,20 @@ func TestDevOverlayRunsInDocker(t *testing.T) {
 	t.Logf("proof Job succeeded; %v in all", time.Since(start).Round(time.Millisecond))
 }
 
+// createProdSecrets makes the Secrets SECRETS.md tells operators to
+// create, with random values (the git user name as GitHub wants it).
+func (k *kubelet) createProdSecrets() {
+	k.t.Helper()
+	k.secrets = map[string]map[string]string{}
+	for name, keys := range documentedSecrets(k.t) {
+		k.secrets[name] = map[string]string{}
+		for _, key := range keys {
+			k.secrets[name][key] = key + "-" + randomHex(8)
+		}
+	}
+	k.secrets["leviathan-git"]["username"] = "x-access-token"
+}
+
 // runSetup runs the overlay's set-up Job to completion, as Kubernetes
 // does while the services wait for what it creates.
 func (k *kubelet) runSetup(r *rendered) {
@@ -111,15 +125,7 @@ func TestProdNATSClusterRunsInDocker(t *testing.T) {
 	pool := dockerPool(t)
 	r := render(t, "prod")
 	k := newKubelet(t, pool, r, buildImages(t, pool))
-	// The Secrets SECRETS.md tells operators to create.
-	k.secrets = map[string]map[string]string{}
-	for name, keys := range documentedSecrets(t) {
-		k.secrets[name] = map[string]string{}
-		for _, key := range keys {
-			k.secrets[name][key] = key + "-" + randomHex(8)
-		}
-	}
-	k.secrets["leviathan-git"]["username"] = "x-access-token"
+	k.createProdSecrets()
 
 	nats, ok := r.workload("StatefulSet", "nats")
 	if !ok || nats.replicas != 3 {
