@@ -43,8 +43,11 @@ type GitHubConfig struct {
 	// neither Retry-After nor an exhausted X-RateLimit-Remaining (default
 	// 60 s), doubled on each repeat up to 16 times it.
 	RateLimitBackoff time.Duration
-	// RequestTimeout bounds each API call, token minting included
-	// (default 30 s). A call that times out is a *RetryError.
+	// RequestTimeout bounds the forge's answer to each API call, body
+	// and token minting included, from when it is sent (the wait for a
+	// pacing slot is bounded by MaxPaceWait); default 30 s. A call that
+	// times out is a *RetryError. A mutating call that times out holds the
+	// pace as long again: the forge may still be carrying it out.
 	RequestTimeout time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
@@ -122,7 +125,7 @@ func NewGitHub(cfg GitHubConfig) (*GitHub, error) {
 		}
 		allow = func(u *url.URL) bool { return strings.EqualFold(u.Host, own.Host) && secureOrLoopback(u) }
 	}
-	lim := newLimiter(&authTransport{ts: cfg.Tokens, base: base, allow: allow}, cfg.Now, cfg.MinInterval, cfg.MaxPaceWait, cfg.RateLimitBackoff)
+	lim := newLimiter(&authTransport{ts: cfg.Tokens, base: base, allow: allow}, cfg.Now, cfg.MinInterval, cfg.MaxPaceWait, cfg.RateLimitBackoff, cfg.RequestTimeout)
 	lim.turns = cfg.Turns
 	c := github.NewClient(&http.Client{Transport: lim, CheckRedirect: checkRedirect})
 	if cfg.BaseURL != "" {
@@ -137,10 +140,11 @@ func NewGitHub(cfg GitHubConfig) (*GitHub, error) {
 	return &GitHub{cfg: cfg, client: c}, nil
 }
 
-// call runs one API call under the request timeout and classifies its
-// error.
+// call runs one API call and classifies its error. The limiter bounds the
+// forge's answer by the request timeout; the whole call may also wait for
+// a pacing slot (at most MaxPaceWait) and mint a token.
 func (g *GitHub) call(ctx context.Context, what string, f func(ctx context.Context) (*github.Response, error)) error {
-	cctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.MaxPaceWait+2*g.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := f(cctx)
 	if err == nil {
@@ -149,7 +153,7 @@ func (g *GitHub) call(ctx context.Context, what string, f func(ctx context.Conte
 	if ctx.Err() != nil {
 		return ctx.Err() // the caller gave up: not the forge's fault
 	}
-	if cctx.Err() != nil {
+	if cctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 		return &RetryError{Err: fmt.Errorf("%s: no answer within %s", what, g.cfg.RequestTimeout)}
 	}
 	return classify(what, resp, err, g.cfg.Now)

@@ -1,6 +1,10 @@
 package forge_test
 
 import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -33,5 +37,37 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if s := forge.StaticToken("sekrit-value"); strings.Contains(s.String(), "sekrit") {
 		t.Fatal("StaticToken prints its value")
+	}
+}
+
+// TestAnswerTimeoutCoversTheBody: a forge that sends its headers at once
+// and then drips the body must not hold a call past the request timeout.
+func TestAnswerTimeoutCoversTheBody(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("["))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	d, err := forge.NewGitHub(forge.GitHubConfig{Tokens: forge.StaticToken("t"), BaseURL: srv.URL + "/api/v3/",
+		RequestTimeout: 300 * time.Millisecond, MinInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = d.OpenPRs(context.Background(), srv.URL+"/o/r.git")
+	var re *forge.RetryError
+	if !errors.As(err, &re) {
+		t.Fatalf("OpenPRs = %v (%T), want a *forge.RetryError", err, err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("gave up after %v, want about 300ms", took)
 	}
 }

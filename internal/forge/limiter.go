@@ -37,6 +37,7 @@ type limiter struct {
 	now  func() time.Time
 
 	interval time.Duration // between the end of one mutating call and the start of the next
+	timeout  time.Duration // for the forge's answer, once the call is sent
 	maxWait  time.Duration // longest in-line wait; beyond it, RetryError
 	backoff  time.Duration // wait after a rate limit that names none
 
@@ -49,8 +50,20 @@ type limiter struct {
 	strikes   int       // consecutive rate limits that named no wait
 }
 
-func newLimiter(next http.RoundTripper, now func() time.Time, interval, maxWait, backoff time.Duration) *limiter {
-	return &limiter{next: next, now: now, interval: interval, maxWait: maxWait, backoff: backoff, sem: make(chan struct{}, 1)}
+func newLimiter(next http.RoundTripper, now func() time.Time, interval, maxWait, backoff, timeout time.Duration) *limiter {
+	return &limiter{next: next, now: now, interval: interval, maxWait: maxWait, backoff: backoff, timeout: timeout, sem: make(chan struct{}, 1)}
+}
+
+// cancelOnClose ends a request's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // Turns shares one forge account's mutating calls among processes (the
@@ -95,8 +108,21 @@ func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
 		// holds its mutating calls too, at once.
 		defer func() { release(hold) }()
 	}
+	// The request timeout bounds the forge's answer, body included, not
+	// the wait for a slot above.
+	ctx, cancel := context.WithTimeout(req.Context(), l.timeout)
+	req = req.WithContext(ctx)
+	start := l.now()
 	resp, err := l.next.RoundTrip(req)
 	if err != nil {
+		cancel()
+		if mutating(req.Method) {
+			// No answer (a timeout, a dropped connection): the forge may
+			// still be carrying the call out. The next one, here or in
+			// another replica, waits as long again as this one ran, so it
+			// does not overlap a call the forge is still working on.
+			hold = max(hold, l.now().Sub(start)+l.interval)
+		}
 		return nil, err
 	}
 	if wait, limited := l.rateLimitWait(resp); limited {
@@ -108,8 +134,10 @@ func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
 			l.holdUntil = until
 		}
 		l.mu.Unlock()
+		cancel()
 		return nil, &RetryError{After: wait, Err: fmt.Errorf("%w: HTTP %d on %s %s", ErrRateLimited, resp.StatusCode, req.Method, req.URL.Path)}
 	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 	if resp.StatusCode < 400 && mutating(req.Method) {
 		// Secondary limits are mostly about mutating calls: only one
 		// that goes through shows the limit has passed.
@@ -181,7 +209,10 @@ func (l *limiter) acquire(ctx context.Context) (release func(hold time.Duration)
 	}
 	return func(hold time.Duration) {
 		l.mu.Lock()
-		l.nextSlot = l.now().Add(l.interval)
+		// This process's own next call waits for the slot (a replica's
+		// turn is re-entered by its own next call; the hold binds the
+		// others).
+		l.nextSlot = l.now().Add(max(l.interval, hold))
 		l.mu.Unlock()
 		done(hold)
 		<-l.sem

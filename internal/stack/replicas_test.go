@@ -162,7 +162,8 @@ func assertPaced(t *testing.T, s *Stack, interval time.Duration) {
 		// to the start of the next. 20 ms of slack: the journal's clock
 		// is read after the listener.
 		if gap := creates[i].Start.Sub(creates[i-1].Answered); creates[i-1].Answered.IsZero() || gap < interval-20*time.Millisecond {
-			t.Errorf("creates %d and %d (%s, %s): %v apart, want at least %v", i-1, i, creates[i-1].Path, creates[i].Path, gap, interval)
+			t.Errorf("creates %d and %d (%s, %s): %v apart, want at least %v (the first took %v, status %d)",
+				i-1, i, creates[i-1].Path, creates[i].Path, gap, interval, creates[i-1].End.Sub(creates[i-1].Start), creates[i-1].Status)
 		}
 	}
 	if len(creates) < 2 {

@@ -16,7 +16,8 @@ import (
 // and lost responses.
 //
 // A fault applies to the next Times matching requests (or one per entry of
-// Statuses). For each, in order: the request takes effect first when
+// Statuses). For each, in order: the forge works for Slow, whether or not
+// the client still waits; the request takes effect first when
 // AfterEffect is set; then the answer is delayed by Delay; then the
 // connection is dropped (Drop), or the fault's status is answered, or —
 // for status 0 — the request is served normally, late.
@@ -48,6 +49,10 @@ type Fault struct {
 	// Delay holds the answer back this long (latency; a client with a
 	// shorter timeout gives up).
 	Delay time.Duration `json:"-"`
+	// Slow keeps the forge at work on the request this long before
+	// anything else, and it finishes even when the client has given up
+	// (a slow write on GitHub's side is not undone by a timeout).
+	Slow time.Duration `json:"-"`
 	// Drop closes the connection without an answer.
 	Drop bool `json:"drop,omitempty"`
 	// AfterEffect lets the request take effect before the fault answers:
@@ -66,6 +71,7 @@ func (flt Fault) MarshalJSON() ([]byte, error) {
 		RetryAfter     string `json:"retry_after,omitempty"`
 		RateLimitReset string `json:"rate_limit_reset,omitempty"`
 		Delay          string `json:"delay,omitempty"`
+		Slow           string `json:"slow,omitempty"`
 	}{plain: plain(flt)}
 	if flt.RetryAfter > 0 {
 		out.RetryAfter = flt.RetryAfter.String()
@@ -75,6 +81,9 @@ func (flt Fault) MarshalJSON() ([]byte, error) {
 	}
 	if flt.Delay > 0 {
 		out.Delay = flt.Delay.String()
+	}
+	if flt.Slow > 0 {
+		out.Slow = flt.Slow.String()
 	}
 	return json.Marshal(out)
 }
@@ -88,6 +97,7 @@ func (flt *Fault) UnmarshalJSON(data []byte) error {
 		RetryAfter     string `json:"retry_after,omitempty"`
 		RateLimitReset string `json:"rate_limit_reset,omitempty"`
 		Delay          string `json:"delay,omitempty"`
+		Slow           string `json:"slow,omitempty"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -99,7 +109,7 @@ func (flt *Fault) UnmarshalJSON(data []byte) error {
 		name string
 		s    string
 		dst  *time.Duration
-	}{{"retry_after", in.RetryAfter, &flt.RetryAfter}, {"rate_limit_reset", in.RateLimitReset, &flt.RateLimitReset}, {"delay", in.Delay, &flt.Delay}} {
+	}{{"retry_after", in.RetryAfter, &flt.RetryAfter}, {"rate_limit_reset", in.RateLimitReset, &flt.RateLimitReset}, {"delay", in.Delay, &flt.Delay}, {"slow", in.Slow, &flt.Slow}} {
 		if d.s == "" {
 			continue
 		}
@@ -119,8 +129,8 @@ func (flt Fault) validate() error {
 			return fmt.Errorf("status %d is not an HTTP status", s)
 		}
 	}
-	if flt.Status == 0 && len(flt.Statuses) == 0 && !flt.Drop && flt.Delay == 0 {
-		return fmt.Errorf("a fault needs a status, statuses, drop or delay")
+	if flt.Status == 0 && len(flt.Statuses) == 0 && !flt.Drop && flt.Delay == 0 && flt.Slow == 0 {
+		return fmt.Errorf("a fault needs a status, statuses, drop, delay or slow")
 	}
 	return nil
 }
@@ -201,6 +211,9 @@ func (q *faultQueue) match(r *http.Request) (step, bool) {
 
 // serve answers one faulted request; next is the real handler.
 func (st step) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	if st.Slow > 0 {
+		time.Sleep(st.Slow)
+	}
 	var rec *recorder
 	if st.AfterEffect {
 		rec = newRecorder()

@@ -111,7 +111,7 @@ func (s *server) Requests() []forgetest.Request {
 
 func (s *server) InjectFault(f forgetest.Fault) {
 	s.forge.InjectFault(localforge.Fault{Method: f.Method, Path: f.Path, Status: f.Status, Times: f.Times, Statuses: f.Statuses,
-		RetryAfter: f.RetryAfter, RateLimitReset: f.RateLimitReset, Message: f.Message, Delay: f.Delay, Drop: f.Drop, AfterEffect: f.AfterEffect})
+		RetryAfter: f.RetryAfter, RateLimitReset: f.RateLimitReset, Message: f.Message, Delay: f.Delay, Slow: f.Slow, Drop: f.Drop, AfterEffect: f.AfterEffect})
 }
 
 func (s *server) ClearFaults() { s.forge.ClearFaults() }

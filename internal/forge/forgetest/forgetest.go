@@ -21,6 +21,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -85,6 +86,7 @@ type Fault struct {
 	RetryAfter, RateLimitReset time.Duration
 	Message                    string        // the error message
 	Delay                      time.Duration // holds the answer back
+	Slow                       time.Duration // the server works this long first, even if the client gives up
 	Drop                       bool          // closes the connection without an answer
 	AfterEffect                bool          // the request takes effect before the fault answers
 }
@@ -148,6 +150,7 @@ func Run(t *testing.T, newServer NewServer, newDriver NewDriver) {
 		{"PermanentErrors", nil, permanentErrors},
 		{"Timeouts", func(o *Options) { o.RequestTimeout = 300 * time.Millisecond }, timeouts},
 		{"MutatingCallsPaced", func(o *Options) { o.MinInterval = 400 * time.Millisecond }, paced},
+		{"UnansweredCallHoldsThePace", func(o *Options) { o.MinInterval = 100 * time.Millisecond; o.RequestTimeout = 400 * time.Millisecond }, unansweredHoldsPace},
 		{"PacingNeverBlocksLong", func(o *Options) { o.MinInterval = 3 * time.Second; o.MaxPaceWait = 100 * time.Millisecond }, pacedBeyondWait},
 	}
 	for _, c := range cases {
@@ -477,6 +480,31 @@ func paced(t *testing.T, h *Harness, d forge.Driver) {
 		}
 	}
 	onePR(t, h, 3)
+}
+
+func unansweredHoldsPace(t *testing.T, h *Harness, d forge.Driver) {
+	// A create the forge is still working on when the driver's timeout
+	// ends; it takes effect after. The next mutating call must not
+	// overlap it.
+	h.InjectFault(Fault{Method: "POST", Path: "/pulls", Slow: 500 * time.Millisecond})
+	_, _, err := ensure(t, d, h.req("feature-1"))
+	retryErr(t, err)
+	mustEnsure(t, d, h.req("feature-2"), false)
+	var posts []Request
+	for _, r := range h.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/pulls") {
+			posts = append(posts, r)
+		}
+	}
+	if len(posts) != 2 {
+		t.Fatalf("%d POSTs, want 2", len(posts))
+	}
+	slices.SortFunc(posts, func(a, b Request) int { return a.Start.Compare(b.Start) })
+	if gap := posts[1].Start.Sub(posts[0].End); gap < 100*time.Millisecond-20*time.Millisecond {
+		t.Fatalf("the second POST started %v after the unanswered one ended (it took %v), want >= 100ms",
+			gap, posts[0].End.Sub(posts[0].Start))
+	}
+	onePR(t, h, 2)
 }
 
 func pacedBeyondWait(t *testing.T, h *Harness, d forge.Driver) {
