@@ -50,7 +50,7 @@ fuzz:
 # Benchmarks (bench/README.md). `bench` runs every one; a new benchmark adds
 # its target to BENCHES. They measure time, so run them without -j.
 # Flags of the git benchmark: make bench-git BENCH_GIT_FLAGS='-n 3 -repos small'.
-BENCHES := bench-git bench-projector
+BENCHES := bench-git bench-projector bench-pipeline
 
 .PHONY: bench $(BENCHES)
 
@@ -61,6 +61,13 @@ bench: $(BENCHES)
 # writes the "git" key of bench/results.json.
 bench-git:
 	$(GO) run ./bench/gitbench $(BENCH_GIT_FLAGS)
+
+# Every service a process of its own against one nats-server and
+# localforge: attempts/s, latency and CPU per attempt at concurrency 1, 8
+# and 32, the same stage code in one process, and a run at 50 ms RTT.
+# Writes the "pipeline" key. Flags: BENCH_PIPELINE_FLAGS='-n 100'.
+bench-pipeline:
+	$(GO) run ./bench/pipebench $(BENCH_PIPELINE_FLAGS)
 
 # Fills a JetStream stream with 1,000,000 realistic events and measures the
 # projector's replay rate, the graph summary's latency and the graph's memory

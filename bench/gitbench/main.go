@@ -6,6 +6,10 @@
 // the git CLI as a baseline. It prints a table and writes the "git" key of
 // bench/results.json.
 //
+// Then, unless -rtt 0, it times some approaches again through an RTT proxy
+// (bench/rttproxy) that puts the forge a round-trip time away, counting
+// each attempt's HTTP round trips, and writes the "git_rtt" key (rtt.go).
+//
 // Everything it reads and writes is under bench/.
 //
 // `gitbench worker` is the services' side of a measurement: the parent
@@ -65,6 +69,13 @@ type config struct {
 	repos      []string // subset of specs, by name
 	approaches []string // subset of allApproaches
 	trace      bool     // print every HTTP request the server answers
+
+	// The RTT phase (rtt.go).
+	rtt           time.Duration // added round-trip time; 0: no RTT phase
+	rttN          int           // measured iterations per approach
+	rttHandshake  int           // round trips per new connection
+	rttApproaches []string      // subset of allApproaches
+	rttOnly       bool          // skip the loopback phase (and the "git" key)
 }
 
 func (c *config) validate() error {
@@ -76,10 +87,16 @@ func (c *config) validate() error {
 			return fmt.Errorf("unknown repo %q (want small, large)", r)
 		}
 	}
-	for _, a := range c.approaches {
+	for _, a := range slices.Concat(c.approaches, c.rttApproaches) {
 		if !slices.Contains(allApproaches, a) {
 			return fmt.Errorf("unknown approach %q (want %s)", a, strings.Join(allApproaches, ", "))
 		}
+	}
+	if c.rtt < 0 || c.rttN < 1 || c.rttHandshake < 1 {
+		return errors.New("-rtt must be at least 0, -rtt-n and -rtt-handshake at least 1")
+	}
+	if c.rttOnly && c.rtt == 0 {
+		return errors.New("-rtt-only needs an -rtt above 0")
 	}
 	return nil
 }
@@ -117,6 +134,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	approaches := fs.String("approaches", strings.Join(allApproaches, ","), "approaches to measure")
 	fs.BoolVar(&cfg.trace, "trace", false, "print every HTTP request: path, status, bytes, duration")
 	fs.StringVar(&cfg.out, "out", "", "results file (default <root>/bench/results.json; \"-\" writes none)")
+	fs.DurationVar(&cfg.rtt, "rtt", 50*time.Millisecond, "round-trip time the RTT phase adds in front of the server (0: no RTT phase)")
+	fs.IntVar(&cfg.rttN, "rtt-n", 5, "measured iterations per approach in the RTT phase (after -warmup ones)")
+	fs.IntVar(&cfg.rttHandshake, "rtt-handshake", 2, "round trips a new connection costs in the RTT phase (1: TCP; 2: TCP and TLS 1.3)")
+	rttApproaches := fs.String("rtt-approaches", strings.Join(defaultRTTApproaches, ","), "approaches to measure in the RTT phase")
+	fs.BoolVar(&cfg.rttOnly, "rtt-only", false, "run only the RTT phase (the \"git\" key is then left as it is)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -125,6 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	cfg.repos = splitList(*repos)
 	cfg.approaches = splitList(*approaches)
+	cfg.rttApproaches = splitList(*rttApproaches)
 	if cfg.root == "" {
 		root, err := findRoot()
 		if err != nil {
@@ -196,7 +219,11 @@ func runBench(ctx context.Context, cfg *config, stdout io.Writer) error {
 	runID := randomHex(4)
 	results := gitResults{}
 	var rows []row
-	for _, spec := range specs {
+	loopback := specs
+	if cfg.rttOnly {
+		loopback = nil
+	}
+	for _, spec := range loopback {
 		fmt.Fprintf(stdout, "measuring %s: %s, interleaved, %d warm-up round(s) discarded\n", spec.Name, strings.Join(cfg.approaches, ", "), cfg.warmup)
 		var ms []*measurement
 		for _, approach := range cfg.approaches {
@@ -215,6 +242,13 @@ func runBench(ctx context.Context, cfg *config, stdout io.Writer) error {
 			rows = append(rows, row{repo: spec.Name, approach: m.approach, r: r, served: medianInt(servedOf(m.samples)), n: len(m.samples), rssBound: !m.exact})
 		}
 	}
+	var rtt *gitRTTResults
+	var rttRows []rttRow
+	if cfg.rtt > 0 {
+		if rtt, rttRows, err = measureRTT(ctx, cfg, srv, specs, exe, runID, stdout); err != nil {
+			return err
+		}
+	}
 	// Pushed branches are deleted after each run; this drops their
 	// objects too, so the cache does not grow from run to run.
 	for _, spec := range specs {
@@ -229,17 +263,31 @@ func runBench(ctx context.Context, cfg *config, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s repo: %d files in %d directories, depth-1 pack %s (%d bytes), generated in %.1f s\n",
 			spec.Name, m.Files, m.Dirs, humanBytes(m.Depth1PackBytes), m.Depth1PackBytes, m.GenerateSeconds)
 	}
-	fmt.Fprintln(stdout)
-	printTable(stdout, rows)
-	fmt.Fprintln(stdout)
-	printRatios(stdout, results)
-	printTargets(stdout, results)
+	if !cfg.rttOnly {
+		fmt.Fprintln(stdout)
+		printTable(stdout, rows)
+		fmt.Fprintln(stdout)
+		printRatios(stdout, results)
+		printTargets(stdout, results)
+	}
+	if rtt != nil {
+		fmt.Fprintln(stdout)
+		printRTT(stdout, rtt, rttRows)
+	}
 
 	if cfg.out != "-" {
-		if err := benchresults.Write(cfg.out, "git", results); err != nil {
-			return err
+		if !cfg.rttOnly {
+			if err := benchresults.Write(cfg.out, "git", results); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "\nwrote %s (key \"git\")\n", cfg.out)
 		}
-		fmt.Fprintf(stdout, "\nwrote %s (key \"git\")\n", cfg.out)
+		if rtt != nil {
+			if err := benchresults.Write(cfg.out, "git_rtt", rtt); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "wrote %s (key \"git_rtt\")\n", cfg.out)
+		}
 	}
 	fmt.Fprintf(stdout, "total time %.1f s\n", time.Since(began).Seconds())
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/leviathan-dev/leviathan/bench/rttproxy"
 	"github.com/leviathan-dev/leviathan/events"
 )
 
@@ -14,6 +15,9 @@ type sample struct {
 	bytesDown int64 // gitx: Snapshot.BytesFetched; CLI: served
 	served    int64 // response bytes the server sent during the attempt (fetch and push)
 	rssKB     int64 // peak RSS so far: the worker's VmHWM, the largest of the CLI's commands
+	// git and api are what crossed the RTT proxy during the attempt, by
+	// class (zero without a proxy).
+	git, api rttproxy.Count
 }
 
 // measurement is one approach on one repo: warm-up attempts, then the
@@ -29,6 +33,15 @@ type measurement struct {
 	warmup   int
 	n        int
 	progress io.Writer
+	// url is the clone URL the approach uses; "" means the server's own.
+	url string
+	// proxy, when set, is the RTT proxy that url points at: its counts
+	// are reset before each attempt and read after it.
+	proxy *rttproxy.Proxy
+	// cold makes the worker close its idle connections before each
+	// attempt, so that every attempt opens its own as the CLI's fresh
+	// processes do (and as a service does when attempts are far apart).
+	cold bool
 
 	do      attemptFunc
 	finish  func(ctx context.Context) (peakKB int64, err error)
@@ -94,7 +107,10 @@ func measureRepo(ctx context.Context, ms []*measurement) error {
 // after the measured ones (so the wrapper costs the timed attempts
 // nothing), or without GNU time each command's ru_maxrss (an upper bound).
 func (m *measurement) start(ctx context.Context) error {
-	url := m.srv.cloneURL(m.repo)
+	url := m.url
+	if url == "" {
+		url = m.srv.cloneURL(m.repo)
+	}
 	m.exact = true
 	m.close = func() {}
 	switch m.approach {
@@ -120,7 +136,7 @@ func (m *measurement) start(ctx context.Context) error {
 		}
 		return nil
 	default:
-		w, err := startWorker(ctx, m.exe, url, m.approach, m.srv.token)
+		w, err := startWorker(ctx, m.exe, url, m.approach, m.srv.token, m.cold)
 		if err != nil {
 			return err
 		}
@@ -166,8 +182,15 @@ func (m *measurement) attempt(ctx context.Context, i int, do attemptFunc) (sampl
 	// Attempts are sequential, so the server's count over one attempt is
 	// that attempt's.
 	before := m.srv.served.Load()
+	if m.proxy != nil {
+		m.proxy.Reset()
+	}
 	s, err := do(ctx, branch, task)
 	s.served = m.srv.served.Load() - before
+	if m.proxy != nil {
+		c := m.proxy.Counts()
+		s.git, s.api = c["git"], c["api"]
+	}
 	if err == nil {
 		err = m.srv.checkBranch(ctx, m.repo, branch, task.ID)
 	}
@@ -191,6 +214,13 @@ func (m *measurement) attempt(ctx context.Context, i int, do attemptFunc) (sampl
 	case i < m.warmup:
 		kind = "warm-up " + label
 	}
-	fmt.Fprintf(m.progress, "  %-13s %-9s %7.3f s  %10s down  %10s served\n", m.approach, kind, s.seconds, humanBytes(s.bytesDown), humanBytes(s.served))
+	rt := ""
+	if m.proxy != nil {
+		rt = fmt.Sprintf("  git: %d round trips, %d requests, %d new conns", s.git.RoundTrips, s.git.Requests, s.git.Conns)
+		if s.api != (rttproxy.Count{}) {
+			rt += fmt.Sprintf(", api %d", s.api.RoundTrips)
+		}
+	}
+	fmt.Fprintf(m.progress, "  %-13s %-9s %7.3f s  %10s down  %10s served%s\n", m.approach, kind, s.seconds, humanBytes(s.bytesDown), humanBytes(s.served), rt)
 	return s, nil
 }

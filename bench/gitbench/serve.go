@@ -26,6 +26,7 @@ import (
 type forgeServer struct {
 	forge  *localforge.Forge
 	http   *http.Server
+	base   string // http://127.0.0.1:port, the prefix of every clone URL
 	token  string
 	served atomic.Int64 // response body bytes, all requests
 	trace  io.Writer    // when set, gets a line per request
@@ -63,7 +64,8 @@ func startForge(ctx context.Context, dir string, specs []repoSpec) (*forgeServer
 	if err != nil {
 		return nil, err
 	}
-	f.SetBaseURL("http://" + ln.Addr().String())
+	s.base = "http://" + ln.Addr().String()
+	f.SetBaseURL(s.base)
 	s.http = &http.Server{Handler: s.count(f.Handler()), ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -80,6 +82,12 @@ func (s *forgeServer) close() {
 }
 
 func (s *forgeServer) cloneURL(repo string) string { return s.forge.CloneURL(benchOwner, repo) }
+
+// cloneURLVia is repo's clone URL with the server's address replaced by
+// base: the URL through a proxy in front of the server.
+func (s *forgeServer) cloneURLVia(base, repo string) string {
+	return base + strings.TrimPrefix(s.cloneURL(repo), s.base)
+}
 
 func (s *forgeServer) repoDir(repo string) string { return s.forge.RepoDir(benchOwner, repo) }
 

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -42,7 +43,7 @@ type workerReply struct {
 	Error        string  `json:"error,omitempty"`
 }
 
-// runWorker is `gitbench worker -url URL -strategy S`: it reads requests,
+// runWorker is `gitbench worker -url URL -strategy S [-close-idle]`: it reads requests,
 // one JSON line each, from stdin until EOF, and answers each on stdout. It
 // stays up between requests, as a service does, so what is timed is the
 // git work alone, not process start.
@@ -50,6 +51,7 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	fs := flag.NewFlagSet("gitbench worker", flag.ContinueOnError)
 	url := fs.String("url", "", "clone URL")
 	strategy := fs.String("strategy", "", "gitx fetch strategy")
+	closeIdle := fs.Bool("close-idle", false, "close idle HTTP connections before each attempt, so that each opens its own")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -60,6 +62,14 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 		var req workerRequest
 		if err := json.Unmarshal(in.Bytes(), &req); err != nil {
 			return fmt.Errorf("worker: bad request: %w", err)
+		}
+		if *closeIdle {
+			// gitx uses http.DefaultTransport when the Remote has no
+			// client: its pool would carry a connection from one
+			// attempt to the next. Not timed.
+			if t, ok := http.DefaultTransport.(*http.Transport); ok {
+				t.CloseIdleConnections()
+			}
 		}
 		rep := attempt(ctx, remote, gitx.Strategy(*strategy), req)
 		if err := enc.Encode(rep); err != nil {
@@ -150,8 +160,12 @@ type workerProc struct {
 	out   *bufio.Reader
 }
 
-func startWorker(ctx context.Context, exe, url, strategy, token string) (*workerProc, error) {
-	cmd := exec.CommandContext(ctx, exe, "worker", "-url", url, "-strategy", strategy)
+func startWorker(ctx context.Context, exe, url, strategy, token string, closeIdle bool) (*workerProc, error) {
+	args := []string{"worker", "-url", url, "-strategy", strategy}
+	if closeIdle {
+		args = append(args, "-close-idle")
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = append(os.Environ(), tokenEnv+"="+token)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/go-git/go-git/v5/plumbing/object"
+
+	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/internal/forge"
+	"github.com/leviathan-dev/leviathan/internal/gitx"
+	"github.com/leviathan-dev/leviathan/internal/policy"
+	"github.com/leviathan-dev/leviathan/services/backlogedit"
+	"github.com/leviathan-dev/leviathan/services/pr"
+)
+
+// inProcess runs n attempts' stage work in this process, one step after
+// the other and one attempt at a time, without NATS: what each stage's
+// handler does with git and the forge, minus events, snapshots, claims
+// and locks. Per attempt:
+//
+//   - clone: events.ParseRequest, then gitx.Fetch of the backlog's path;
+//   - backlog-edit: gitx.OpenPack of the fetched pack, ReadFile of the
+//     backlog, backlogedit.Append;
+//   - push: gitx.OpenPack again (push opens the snapshot itself),
+//     Repo.Commit, the open-pull-request question it asks pr (OpenPRs),
+//     gitx.Push;
+//   - pr: forge.EnsurePR with the guard pr runs (OpenPRs, the task and
+//     capacity checks), pr.Title and pr.Body.
+//
+// The driver is built as pr builds it, with pacing off.
+func inProcess(ctx context.Context, forgeURL string, n int, targets []string, prefix string) (Result, []float64, error) {
+	driver, err := forge.NewGitHub(forge.GitHubConfig{Token: forgeToken, BaseURL: forgeURL + "/api/v3/", MinInterval: time.Nanosecond})
+	if err != nil {
+		return Result{}, nil, err
+	}
+	room := n + 1
+	pol := policy.Policy{MaxOpenPRs: &room}
+	lat := make([]float64, n)
+	start := time.Now()
+	for i := range n {
+		t0 := time.Now()
+		if err := chain(ctx, driver, pol, forgeURL, targets[i%len(targets)], fmt.Sprintf("%s-%d", prefix, i)); err != nil {
+			return Result{}, nil, fmt.Errorf("in-process attempt %d: %w", i, err)
+		}
+		lat[i] = time.Since(t0).Seconds()
+	}
+	took := time.Since(start)
+	return Result{Attempts: n, AttemptsPerS: float64(n) / took.Seconds(),
+		P50S: quantile(lat, 0.5), P95S: quantile(lat, 0.95), P99S: quantile(lat, 0.99)}, lat, nil
+}
+
+func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL, target, taskID string) error {
+	id := attemptID()
+	req, err := events.ParseRequest(request(forgeURL, target, taskID), id)
+	if err != nil {
+		return err
+	}
+	remote := gitx.Remote{URL: req.Target.RepoURL, Password: forgeToken}
+	// clone
+	snap, err := gitx.Fetch(ctx, remote, req.Target.Branch, events.BacklogPath, gitx.FetchOptions{})
+	if err != nil {
+		return err
+	}
+	// backlog-edit
+	repo, err := gitx.OpenPack(snap.Pack)
+	if err != nil {
+		return err
+	}
+	old, _, err := repo.ReadFile(snap.Commit, events.BacklogPath)
+	if err != nil {
+		return err
+	}
+	content, err := backlogedit.Append(old, req.Task)
+	if err != nil {
+		return err
+	}
+	// push
+	if repo, err = gitx.OpenPack(snap.Pack); err != nil {
+		return err
+	}
+	sig := object.Signature{Name: "Leviathan", Email: "leviathan@localhost", When: time.Now()}
+	commit, err := repo.Commit(snap.Commit, events.BacklogPath, content, gitx.CommitMeta{
+		Message: fmt.Sprintf("Leviathan: Propose task %s\n", req.Task.ID), Author: sig, Committer: sig,
+	})
+	if err != nil {
+		return err
+	}
+	open, err := driver.OpenPRs(ctx, req.Target.RepoURL)
+	if err != nil {
+		return err
+	}
+	if _, ok := policy.OpenForTask(open, req.Task.ID); ok {
+		return fmt.Errorf("task %s already has an open pull request", req.Task.ID)
+	}
+	if _, err := gitx.Push(ctx, remote, req.BranchName, commit); err != nil {
+		return err
+	}
+	// pr
+	guard := func(ctx context.Context) error {
+		open, err := driver.OpenPRs(ctx, req.Target.RepoURL)
+		if err != nil {
+			return err
+		}
+		if _, ok := policy.OpenForTask(open, req.Task.ID); ok {
+			return fmt.Errorf("task %s already has an open pull request", req.Task.ID)
+		}
+		return policy.CheckCapacity(pol, req.Target.Name, open, events.DefaultBranchPrefix)
+	}
+	_, reused, err := forge.EnsurePR(ctx, driver, forge.PRRequest{
+		RepoURL: req.Target.RepoURL, Base: req.Target.Branch, Head: req.BranchName,
+		Title: pr.Title(req), Body: pr.Body(req, commit.ChangedPaths), Draft: req.Draft,
+	}, guard)
+	if err != nil {
+		return err
+	}
+	if reused {
+		return fmt.Errorf("pull request for %s reused: the benchmark's tasks must be new", req.BranchName)
+	}
+	return nil
+}
+
+// structToMap and marshalMap let Results put its levels at the top level
+// of its JSON object.
+func structToMap(v any) (map[string]any, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]any{}
+	return m, json.Unmarshal(data, &m)
+}
+
+func marshalMap(m map[string]any) ([]byte, error) { return json.Marshal(m) }
