@@ -204,7 +204,7 @@ func runBench(ctx context.Context, cfg *config, stdout io.Writer) error {
 	}
 
 	timeBin := findGNUTime(ctx)
-	if timeBin == "" && slices.ContainsFunc(cfg.approaches, func(a string) bool { return strings.HasPrefix(a, "cli-") }) {
+	if timeBin == "" && !cfg.rttOnly && slices.ContainsFunc(cfg.approaches, func(a string) bool { return strings.HasPrefix(a, "cli-") }) {
 		fmt.Fprintln(stdout, "warning: no GNU time (/usr/bin/time): the CLI's peak RSS is each git command's ru_maxrss, which includes this program's own RSS (an upper bound, marked ≤)")
 	}
 	if cfg.trace {
@@ -276,11 +276,12 @@ func runBench(ctx context.Context, cfg *config, stdout io.Writer) error {
 	}
 
 	if cfg.out != "-" {
+		fmt.Fprintln(stdout)
 		if !cfg.rttOnly {
 			if err := benchresults.Write(cfg.out, "git", results); err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "\nwrote %s (key \"git\")\n", cfg.out)
+			fmt.Fprintf(stdout, "wrote %s (key \"git\")\n", cfg.out)
 		}
 		if rtt != nil {
 			if err := benchresults.Write(cfg.out, "git_rtt", rtt); err != nil {
