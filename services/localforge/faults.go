@@ -2,6 +2,7 @@ package localforge
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -213,6 +214,9 @@ func (q *faultQueue) match(r *http.Request) (step, bool) {
 func (st step) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	if st.Slow > 0 {
 		time.Sleep(st.Slow)
+		// The forge finishes what it started, whether the client waits
+		// or not.
+		r = r.WithContext(context.WithoutCancel(r.Context()))
 	}
 	var rec *recorder
 	if st.AfterEffect {
