@@ -11,7 +11,21 @@
 //     the cached answer never helps (the worst case);
 //   - bytes_per_attempt: heap the replayed graph holds (HeapAlloc after GC
 //     with the graph, minus after GC without it, NATS shut down) divided by
-//     the number of Attempt nodes.
+//     the number of Attempt nodes;
+//   - read_limit_events_per_s, replay_to_read_ratio: the rate at which the
+//     same stream is merely read, with the catch-up's batched direct gets
+//     and every message dropped undecoded (readlimit.go), timed as a replay
+//     after a server restart of its own; and the replay's median divided
+//     by the read passes' median;
+//   - summary_p50_under_replay_ms, summary_p99_under_replay_ms: the same
+//     timed request (a new event applied before each) while a second
+//     projector in the process replays the stream;
+//   - rss_bytes_per_attempt: process RSS with the replayed graph, minus
+//     before that replay, both with no NATS server running and after the
+//     Go runtime gave back what it could, divided by the Attempt nodes.
+//
+// The stream is eventgen's with attempt ids as `leviathan submit` makes
+// them and 16 targets (gen.go).
 //
 // It prints what it measured against the targets and writes the
 // "projector" key of bench/results.json, keeping every other key.
@@ -19,6 +33,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,6 +45,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -64,18 +80,26 @@ const (
 	targetReplay          = 250_000
 	targetSummaryP99ms    = 2.0
 	targetBytesPerAttempt = 2048
+	// Added with the read limit and the RSS figure.
+	targetReplayToRead       = 0.6
+	targetRSSBytesPerAttempt = 2048
 )
 
 // results is the "projector" key of bench/results.json.
 type results struct {
-	Events            int     `json:"events"`
-	ReplayEventsPerS  float64 `json:"replay_events_per_s"`
-	SummaryP50ms      float64 `json:"summary_p50_ms"`
-	SummaryP99ms      float64 `json:"summary_p99_ms"`
-	BytesPerAttempt   float64 `json:"bytes_per_attempt"`
-	attempts          int
-	snapshotBytes     int
-	snapshotDecodeDur time.Duration
+	Events              int     `json:"events"`
+	ReplayEventsPerS    float64 `json:"replay_events_per_s"`
+	ReadLimitEventsPerS float64 `json:"read_limit_events_per_s"`
+	ReplayToReadRatio   float64 `json:"replay_to_read_ratio"`
+	SummaryP50ms        float64 `json:"summary_p50_ms"`
+	SummaryP99ms        float64 `json:"summary_p99_ms"`
+	SummaryP50Replayms  float64 `json:"summary_p50_under_replay_ms"`
+	SummaryP99Replayms  float64 `json:"summary_p99_under_replay_ms"`
+	BytesPerAttempt     float64 `json:"bytes_per_attempt"`
+	RSSBytesPerAttempt  float64 `json:"rss_bytes_per_attempt"`
+	attempts            int
+	snapshotBytes       int
+	snapshotDecodeDur   time.Duration
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -97,6 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	defer useBenchTargets()()
 
 	st, err := startStack(ctx, dir)
 	if err != nil {
@@ -109,7 +134,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		st.stop()
 		return err
 	}
-	fmt.Fprintf(stdout, "  %d events, %.0f MB, in %v\n", *n, float64(bytes)/1e6, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "  %d events, %.0f MB (%.0f bytes an event; attempt ids such as %s, %d targets), in %v\n",
+		*n, float64(bytes)/1e6, float64(bytes)/float64(max(*n, 1)), submitID(0), len(benchTargets), time.Since(start).Round(time.Millisecond))
 	st.stop()
 
 	r := results{Events: *n}
@@ -118,12 +144,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// restart: none of the stream's blocks is cached in memory (the page
 	// cache may hold the files, as it would on a server that has run a
 	// while). The last replay's graph is kept for the measures after it.
+	//
+	// Before each replay, a read pass (readlimit.go) reads the same stream
+	// the same way, after a restart of its own, so that the read limit and
+	// the replay are measured alternately on the machine as it is then.
 	var (
-		rates []float64
-		p     *projector.Projector
-		stopP func() error
+		rates, readRates []float64
+		p                *projector.Projector
+		stopP            func() error
+		rssBefore        uint64
 	)
 	for i := range *replays {
+		if i == *replays-1 {
+			// The baseline of rss_bytes_per_attempt, taken where its other
+			// end is taken (at the end): no NATS server running (so none
+			// of its memory counts: the filled store's index, the blocks
+			// it caches after reading them), no projector, and after the
+			// runtime returned every free page to the system. What the
+			// earlier passes' peaks left behind for good (the runtime's
+			// span and arena metadata) is in it.
+			_, rssBefore = memory()
+		}
+		if st, err = startStack(ctx, dir); err != nil {
+			return err
+		}
+		readRate, err := readPass(ctx, st, stdout)
+		st.stop()
+		if err != nil {
+			return err
+		}
+		readRates = append(readRates, readRate)
 		if st, err = startStack(ctx, dir); err != nil {
 			return err
 		}
@@ -157,6 +207,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	r.ReplayEventsPerS = median(rates)
 	fmt.Fprintf(stdout, "replay: median of %d runs %.0f events/s (slowest %.0f, fastest %.0f)\n",
 		len(rates), r.ReplayEventsPerS, slices.Min(rates), slices.Max(rates))
+	r.ReadLimitEventsPerS = median(readRates)
+	r.ReplayToReadRatio = math.Round(1000*r.ReplayEventsPerS/r.ReadLimitEventsPerS) / 1000
+	fmt.Fprintf(stdout, "read limit (the stream read with the same direct gets, nothing decoded): median of %d runs %.0f events/s (slowest %.0f, fastest %.0f); replay ÷ read limit = %.3f\n",
+		len(readRates), r.ReadLimitEventsPerS, slices.Min(readRates), slices.Max(readRates), r.ReplayToReadRatio)
 
 	g := p.Graph()
 	cp := api.New(p, st.res, api.Config{Token: "bench-token", Logger: logger})
@@ -167,12 +221,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	cachedP50, cachedP99, err := timeSummary(ctx, srv.URL, g, next+*requests, *requests, false)
-	srv.Close()
 	if err != nil {
+		srv.Close()
 		return err
 	}
 	fmt.Fprintf(stdout, "summary over HTTP: p50 %.3f ms, p99 %.3f ms with an event applied before each request; cached: p50 %.3f ms, p99 %.3f ms\n",
 		r.SummaryP50ms, r.SummaryP99ms, cachedP50, cachedP99)
+	// The attempts the first timing applied are next, next+1, ...: fewer
+	// than *requests of them.
+	ur, err := timeSummaryUnderReplay(ctx, st, logger, srv.URL, g, next+*requests, *requests)
+	srv.Close()
+	if err != nil {
+		return err
+	}
+	r.SummaryP50Replayms, r.SummaryP99Replayms = ur.p50, ur.p99
+	fmt.Fprintf(stdout, "summary over HTTP, the same (an event applied before each request), while a second projector in the process replays the stream: "+
+		"p50 %.3f ms, p99 %.3f ms (%d requests; replays: %d; machine while they were sent: %s)\n",
+		ur.p50, ur.p99, ur.requests, ur.replays, ur.cpu)
 
 	snap, _ := g.MarshalSnapshot(0)
 	r.snapshotBytes = len(snap)
@@ -193,16 +258,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	st.stop()
 	counts := g.Counts()
 	r.attempts = counts.Attempts
-	with := heap()
+	with, rssWith := memory()
 	runtime.KeepAlive(g)
 	g, p, cp = nil, nil, nil
-	without := heap()
+	without, rssWithout := memory()
 	if without >= with || r.attempts == 0 {
 		return fmt.Errorf("memory: heap %d bytes with the graph, %d without: something else still holds the graph", with, without)
 	}
 	r.BytesPerAttempt = math.Round(float64(with-without) / float64(r.attempts))
 	fmt.Fprintf(stdout, "memory: graph of %d attempt nodes (%d attempt ids, %d events) holds %.1f MB: %.0f bytes per attempt\n",
 		counts.Attempts, counts.Records, counts.Applied, float64(with-without)/1e6, r.BytesPerAttempt)
+	if rssBefore == 0 || rssWith == 0 {
+		return errors.New("memory: cannot read the process's RSS (VmRSS of /proc/self/status)")
+	}
+	rssGrowth := int64(rssWith) - int64(rssBefore)
+	r.RSSBytesPerAttempt = math.Round(float64(rssGrowth) / float64(r.attempts))
+	fmt.Fprintf(stdout, "process RSS: %.1f MB before the last read pass and replay, %.1f MB with the replay's graph (NATS server stopped both times, free pages returned): "+
+		"%+.1f MB = %.0f bytes per attempt (the graph's heap with its size-class rounding and fragmentation, the runtime's metadata for it, "+
+		"and anything else the replay left; not the server, not the garbage headroom between collections); %.1f MB once the graph is dropped; "+
+		"peak of the whole run, server included: %.1f MB\n",
+		float64(rssBefore)/1e6, float64(rssWith)/1e6, float64(rssGrowth)/1e6, r.RSSBytesPerAttempt,
+		float64(rssWithout)/1e6, float64(procStatus("VmHWM"))/1e6)
 
 	fmt.Fprintln(stdout, "\ntargets on this machine:")
 	check := func(name string, ok bool, got string) {
@@ -215,6 +291,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	check(fmt.Sprintf("replay ≥ %d events/s", targetReplay), r.ReplayEventsPerS >= targetReplay, fmt.Sprintf("%.0f", r.ReplayEventsPerS))
 	check(fmt.Sprintf("summary p99 ≤ %.0f ms", targetSummaryP99ms), r.SummaryP99ms <= targetSummaryP99ms, fmt.Sprintf("%.3f ms", r.SummaryP99ms))
 	check(fmt.Sprintf("≤ %d bytes per attempt", targetBytesPerAttempt), r.BytesPerAttempt <= targetBytesPerAttempt, fmt.Sprintf("%.0f", r.BytesPerAttempt))
+	check(fmt.Sprintf("replay ≥ %.1f× the read limit", targetReplayToRead), r.ReplayToReadRatio >= targetReplayToRead,
+		fmt.Sprintf("%.3f (%.0f of %.0f events/s)", r.ReplayToReadRatio, r.ReplayEventsPerS, r.ReadLimitEventsPerS))
+	check(fmt.Sprintf("≤ %d RSS bytes per attempt", targetRSSBytesPerAttempt), r.RSSBytesPerAttempt <= targetRSSBytesPerAttempt,
+		fmt.Sprintf("%.0f", r.RSSBytesPerAttempt))
+	if r.Events < 1_000_000 {
+		fmt.Fprintf(stdout, "  (the targets are for 1,000,000 events; this run has %d)\n", r.Events)
+	}
+
+	fmt.Fprintln(stdout, "\nthe projector key:")
+	table, _ := json.MarshalIndent(r, "  ", "  ")
+	fmt.Fprintf(stdout, "  %s\n", table)
 
 	if err := benchresults.Write(*out, "projector", r); err != nil {
 		return err
@@ -349,12 +436,24 @@ func readCPU() cpuTimes {
 
 // since describes the machine's CPU from a to t: busy and stolen (by the
 // hypervisor for other guests) shares of all cores' time.
-func (t cpuTimes) since(a cpuTimes) string {
-	total := float64((t.busy + t.idle + t.steal) - (a.busy + a.idle + a.steal))
+func (t cpuTimes) since(a cpuTimes) string { return t.minus(a).describe() }
+
+// minus is the ticks from a to t; add sums such spans.
+func (t cpuTimes) minus(a cpuTimes) cpuTimes {
+	return cpuTimes{busy: t.busy - a.busy, idle: t.idle - a.idle, steal: t.steal - a.steal}
+}
+
+func (t cpuTimes) add(b cpuTimes) cpuTimes {
+	return cpuTimes{busy: t.busy + b.busy, idle: t.idle + b.idle, steal: t.steal + b.steal}
+}
+
+// describe gives the busy and stolen shares of a span of ticks.
+func (t cpuTimes) describe() string {
+	total := float64(t.busy + t.idle + t.steal)
 	if total == 0 {
 		return "CPU unknown"
 	}
-	return fmt.Sprintf("%.0f%% busy, %.0f%% stolen", 100*float64(t.busy-a.busy)/total, 100*float64(t.steal-a.steal)/total)
+	return fmt.Sprintf("%.0f%% busy, %.0f%% stolen", 100*float64(t.busy)/total, 100*float64(t.steal)/total)
 }
 
 func median(xs []float64) float64 {
@@ -371,7 +470,7 @@ func median(xs []float64) float64 {
 func fill(ctx context.Context, js jetstream.JetStream, n int) (next int, bytes int64, err error) {
 	published := 0
 	for i := 0; published < n; i++ {
-		evs := eventgen.Attempt(i, eventgen.Mix(i))
+		evs := benchAttempt(i, eventgen.Mix(i))
 		for _, e := range evs[:min(len(evs), n-published)] {
 			data, err := e.Marshal()
 			if err != nil {
@@ -404,45 +503,167 @@ func fill(ctx context.Context, js jetstream.JetStream, n int) (next int, bytes i
 // applied to the graph before each request, so every answer is computed
 // afresh.
 func timeSummary(ctx context.Context, base string, g *graph.Graph, attempt, n int, apply bool) (p50, p99 float64, err error) {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-	lat := make([]float64, 0, n)
-	var pending []func()
-	for i := 0; i < n; i++ {
-		if apply {
-			if len(pending) == 0 {
-				for _, e := range eventgen.Attempt(attempt, eventgen.Succeeded) {
-					pending = append(pending, func() { g.Apply(e) })
-				}
-				attempt++
-			}
-			pending[0]()
-			pending = pending[1:]
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/graph/summary", nil)
-		req.Header.Set("Authorization", "Bearer bench-token")
-		start := time.Now()
-		resp, err := client.Do(req)
-		if err != nil {
+	t := newSummaryTimer(base, g, attempt, n)
+	for range n {
+		if err := t.once(ctx, apply); err != nil {
 			return 0, 0, err
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
-		if resp.StatusCode != http.StatusOK {
-			return 0, 0, fmt.Errorf("summary: status %d", resp.StatusCode)
-		}
 	}
-	slices.Sort(lat)
-	rank := func(q float64) float64 { return lat[max(int(math.Ceil(q*float64(len(lat))))-1, 0)] }
-	return rank(0.50), rank(0.99), nil
+	p50, p99 = t.percentiles()
+	return p50, p99, nil
 }
 
-// heap is the live heap after a full collection.
-func heap() uint64 {
+// summaryTimer times summary requests one at a time on one keep-alive
+// connection.
+type summaryTimer struct {
+	base    string
+	client  *http.Client
+	g       *graph.Graph
+	attempt int      // the next attempt whose events are applied
+	pending []func() // its events not applied yet
+	lat     []float64
+}
+
+func newSummaryTimer(base string, g *graph.Graph, attempt, n int) *summaryTimer {
+	return &summaryTimer{base: base, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}},
+		g: g, attempt: attempt, lat: make([]float64, 0, n)}
+}
+
+// once times one request; with apply, after applying one new event to the
+// graph (events of attempts the stream does not hold, that a running
+// projector could have applied).
+func (t *summaryTimer) once(ctx context.Context, apply bool) error {
+	if apply {
+		if len(t.pending) == 0 {
+			for _, e := range benchAttempt(t.attempt, eventgen.Succeeded) {
+				t.pending = append(t.pending, func() { t.g.Apply(e) })
+			}
+			t.attempt++
+		}
+		t.pending[0]()
+		t.pending = t.pending[1:]
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.base+"/v1/graph/summary", nil)
+	req.Header.Set("Authorization", "Bearer bench-token")
+	start := time.Now()
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	t.lat = append(t.lat, float64(time.Since(start).Microseconds())/1000)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("summary: status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func (t *summaryTimer) percentiles() (p50, p99 float64) {
+	lat := slices.Sorted(slices.Values(t.lat))
+	rank := func(q float64) float64 { return lat[max(int(math.Ceil(q*float64(len(lat))))-1, 0)] }
+	return rank(0.50), rank(0.99)
+}
+
+// underReplay is what timeSummaryUnderReplay measured.
+type underReplay struct {
+	p50, p99 float64
+	requests int
+	replays  int
+	cpu      string // the machine's CPUs while the requests were sent
+}
+
+// timeSummaryUnderReplay times what timeSummary times with apply, n
+// requests to the kept projector's API at base, each with a new event
+// applied to its graph g first, but each sent while a second projector
+// replays the stream in the same process: a new projector without
+// snapshot on the running server, catching up from sequence 1 with direct
+// gets, its own graph. The replay keeps both cores busy (the server's
+// direct gets, decoding, applying) and makes garbage, so the requests
+// compete with it for the CPUs and the GC, which marks the kept graph too;
+// they do not wait for the replay's graph lock (it is another graph). When
+// a replay ends before n requests are timed, another starts; the time
+// between replays is not timed.
+func timeSummaryUnderReplay(ctx context.Context, st *stack, logger *slog.Logger, base string, g *graph.Graph, attempt, n int) (underReplay, error) {
+	var out underReplay
+	info, err := st.res.Stream.Info(ctx)
+	if err != nil {
+		return out, err
+	}
+	target := info.State.LastSeq
+	t := newSummaryTimer(base, g, attempt, n)
+	defer t.client.CloseIdleConnections()
+	var ticks cpuTimes // CPU ticks while requests were sent
+	for len(t.lat) < n {
+		if out.replays >= 10 && len(t.lat) == 0 {
+			return out, errors.New("summary under replay: the replays end before a request can be sent")
+		}
+		p := projector.New(st.res, projector.Config{Logger: logger, NoSnapshots: true})
+		pctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- p.Run(pctx) }()
+		out.replays++
+		cpuBefore := readCPU()
+		var err error
+		for err == nil && len(t.lat) < n && p.Applied() < target {
+			select {
+			case err = <-done: // Run returns only once stopped
+				done <- err
+				err = fmt.Errorf("summary under replay: the replay stopped: %v", err)
+			default:
+				err = t.once(ctx, true)
+			}
+		}
+		ticks = ticks.add(readCPU().minus(cpuBefore))
+		cancel()
+		if runErr := <-done; err == nil {
+			err = runErr
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+	out.cpu = ticks.describe()
+	out.requests = len(t.lat)
+	out.p50, out.p99 = t.percentiles()
+	return out, nil
+}
+
+// memory is the live heap after a full collection, and the process's RSS
+// once the runtime has returned every free page to the system (0 when it
+// cannot be read): what the process holds, without the garbage headroom
+// a running process also holds between collections.
+func memory() (heap, rss uint64) {
 	var m runtime.MemStats
 	for range 3 {
 		runtime.GC()
 	}
 	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
+	debug.FreeOSMemory()
+	return m.HeapAlloc, procStatus("VmRSS")
+}
+
+// procStatus is a size field of /proc/self/status (VmRSS, VmHWM, ...) in
+// bytes, 0 when it cannot be read.
+func procStatus(field string) uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || name != field {
+			continue
+		}
+		f := strings.Fields(value)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0
+		}
+		kb, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			return 0
+		}
+		return kb << 10
+	}
+	return 0
 }
