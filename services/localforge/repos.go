@@ -148,23 +148,77 @@ func (f *Forge) listRepos() ([]repoRef, error) {
 	return repos, nil
 }
 
-// branchTips maps each branch of the bare repository to its commit id.
-// One for-each-ref serves a whole listing, instead of a rev-parse per PR.
-func branchTips(ctx context.Context, bare string) (map[string]string, error) {
-	out, err := gitOutput(ctx, bare, nil, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
-	if err != nil {
+// branchTips maps each branch of the bare repository to its commit id. It
+// reads the refs as git stores them (loose files under refs/heads, then
+// packed-refs) rather than running git: every pull request listing needs
+// it, and a process per listing was most of localforge's CPU per attempt.
+func branchTips(_ context.Context, bare string) (map[string]string, error) {
+	if _, err := os.Stat(filepath.Join(bare, "HEAD")); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, ErrRepoNotFound
 		}
 		return nil, err
 	}
 	tips := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if sha, ref, ok := strings.Cut(line, " "); ok {
-			tips[strings.TrimPrefix(ref, "refs/heads/")] = sha
+	// Loose refs first: git writes packed-refs before it deletes the
+	// loose refs it packed, so a ref being packed is seen in one or the
+	// other.
+	heads := filepath.Join(bare, "refs", "heads")
+	err := filepath.WalkDir(heads, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // deleted while walking, or no loose refs at all
+			}
+			return err
+		}
+		if d.IsDir() || strings.HasSuffix(path, ".lock") {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if sha := strings.TrimSpace(string(data)); isObjectID(sha) {
+			rel, _ := filepath.Rel(heads, path)
+			tips[filepath.ToSlash(rel)] = sha
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	packed, err := os.ReadFile(filepath.Join(bare, "packed-refs"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(packed), "\n") {
+		sha, ref, ok := strings.Cut(strings.TrimSpace(line), " ")
+		name, isHead := strings.CutPrefix(ref, "refs/heads/")
+		if !ok || !isHead || !isObjectID(sha) {
+			continue // the header, a peeled tag (^...), another namespace
+		}
+		if _, loose := tips[name]; !loose {
+			tips[name] = sha
 		}
 	}
 	return tips, nil
+}
+
+// isObjectID reports whether s is a full hexadecimal object id (SHA-1 or
+// SHA-256).
+func isObjectID(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // commitsBetween counts the commits on head that base lacks.
