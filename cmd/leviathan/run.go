@@ -126,6 +126,7 @@ type environment struct {
 	PrivateHosts  string // LEVIATHAN_PRIVATE_HOSTS (comma-separated host names)
 	Setup         bool   // LEVIATHAN_SETUP=1: services set up the NATS resources themselves
 	Deadline      string // LEVIATHAN_STAGE_DEADLINE: of one run of a stage's handler
+	Workers       string // LEVIATHAN_STAGE_WORKERS: messages a stage handles at once
 	Forge         forgeEnv
 }
 
@@ -149,6 +150,7 @@ func envConfig(getenv func(string) string) environment {
 		PrivateHosts:  getenv("LEVIATHAN_PRIVATE_HOSTS"),
 		Setup:         getenv("LEVIATHAN_SETUP") == "1" || getenv("LEVIATHAN_SETUP") == "true",
 		Deadline:      getenv("LEVIATHAN_STAGE_DEADLINE"),
+		Workers:       getenv("LEVIATHAN_STAGE_WORKERS"),
 		Forge:         forgeEnvFrom(getenv),
 	}
 	if e.NATSURL == "" {

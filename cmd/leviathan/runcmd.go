@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +41,7 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 	fs.StringVar(&cfg.NATSURL, "nats-url", env.NATSURL, "NATS server URL (env NATS_URL)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", defaultAddr, "listen address of /healthz and /readyz (projector: the control plane API)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/leviathan/forge", "localforge only: data directory")
+	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile (pprof) of the whole run to this file, for `go tool pprof`")
 	fs.BoolVar(&cfg.Setup, "setup", env.Setup, "create or update the NATS resources at start instead of waiting for `leviathan setup` (env LEVIATHAN_SETUP=1; needs a NATS user that may manage JetStream)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
@@ -51,12 +54,33 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 	if cfg.Replicas, err = env.replicas(); err != nil {
 		return err
 	}
+	if env.Workers != "" {
+		if cfg.Workers, err = strconv.Atoi(env.Workers); err != nil || cfg.Workers < 1 || cfg.Workers > 256 {
+			return &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_STAGE_WORKERS=%q: want a number from 1 to 256", env.Workers)}
+		}
+	}
 	if env.Deadline != "" {
 		if cfg.Deadline, err = time.ParseDuration(env.Deadline); err != nil || cfg.Deadline <= 0 {
 			return &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_STAGE_DEADLINE=%q: want a duration such as 5m", env.Deadline)}
 		}
 	}
 	cfg.Logger = newLogger(stderr, env.LogLevel).With("service", cfg.Name)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--cpu-profile: %v", err)}
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			if err := f.Close(); err != nil {
+				cfg.Logger.Error("cpu profile not written", "file", *cpuProfile, "err", err)
+			}
+		}()
+	}
 	return stack.RunService(ctx, cfg)
 }
 

@@ -54,6 +54,7 @@ type deps struct {
 	git      gitx.Remote // credentials only; URL comes from each request
 	egress   *egress.Policy
 	deadline time.Duration // of each handler run, when set (LEVIATHAN_STAGE_DEADLINE)
+	workers  int           // messages handled at once, when set (LEVIATHAN_STAGE_WORKERS)
 	forge    forge.Driver
 	instance string
 	// tune adjusts every stage's runner configuration (tests shorten
@@ -199,6 +200,9 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 	cfg.Metrics = d.metrics
 	if d.deadline > 0 {
 		cfg.Deadline = d.deadline
+	}
+	if d.workers > 0 {
+		cfg.Workers = d.workers
 	}
 	if d.tune != nil {
 		d.tune(&cfg)

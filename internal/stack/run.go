@@ -32,6 +32,9 @@ type ServiceConfig struct {
 	// clone, 2 min for the others); expiry is retried, and ends the attempt
 	// with timeout on the last delivery.
 	Deadline time.Duration
+	// Workers is how many messages the stage handles at once (default
+	// stage.DefaultWorkers; LEVIATHAN_STAGE_WORKERS).
+	Workers int
 	// Setup makes the service create or update the NATS resources itself
 	// (a one-user installation); otherwise it waits for the set-up step
 	// (`leviathan setup`) and needs no right to manage JetStream.
@@ -121,7 +124,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 	if err != nil {
 		return err
 	}
-	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(), egress: pol, deadline: cfg.Deadline,
+	d := &deps{nc: nc, res: res, logger: cfg.Logger, instance: newInstanceID(), egress: pol, deadline: cfg.Deadline, workers: cfg.Workers,
 		git: gitx.Remote{Username: cfg.GitUsername, Password: cfg.GitToken}, reg: reg, metrics: metrics}
 	var comp *component
 	if cfg.Name == "projector" {

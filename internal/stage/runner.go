@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -101,6 +102,11 @@ type Config struct {
 	// the runner is stopped (default 20 s), so a rolling deploy spends no
 	// delivery; past it the handler is cancelled.
 	Grace time.Duration
+	// Workers is how many messages one process handles at once (default
+	// DefaultWorkers). A stage spends most of an attempt waiting for the
+	// forge, git or NATS; with one at a time, its throughput is one
+	// attempt per wait.
+	Workers int
 	// BeforeHandle is a fault-injection point for tests, called on every
 	// delivery before the handler. When it returns an error the runner
 	// abandons the delivery without an answer, as a process that crashed
@@ -116,6 +122,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.MaxDeliver <= 0 {
 		c.MaxDeliver = 5
+	}
+	if c.Workers <= 0 {
+		c.Workers = DefaultWorkers
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 10 * time.Second
@@ -299,20 +308,39 @@ func (r *Runner) ended(ctx context.Context, attemptID string, types ...events.Ty
 	return false
 }
 
-// Run processes messages until ctx is done.
+// DefaultWorkers is the messages one process of a stage handles at once
+// unless its Config says otherwise.
+const DefaultWorkers = 4
+
+// Run processes messages, Workers at a time, until ctx is done; it returns
+// when every handler has finished.
 func (r *Runner) Run(ctx context.Context) error {
 	stop, err := r.watchMaxDeliveries(ctx)
 	if err != nil {
 		return err
 	}
 	defer stop()
+	var wg sync.WaitGroup
+	for range r.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.work(ctx)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// work fetches and processes one message at a time until ctx is done.
+func (r *Runner) work(ctx context.Context) {
 	for ctx.Err() == nil {
 		fetchCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		msg, err := r.cons.Next(jetstream.FetchContext(fetchCtx))
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
 				r.cfg.Logger.Warn("fetch failed", "stage", r.cfg.Name, "err", err)
@@ -325,7 +353,6 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		r.process(ctx, msg)
 	}
-	return nil
 }
 
 // process handles one message: handler, then ack, nak or term.
