@@ -54,7 +54,9 @@ BENCHES := bench-git bench-projector bench-pipeline
 
 .PHONY: bench $(BENCHES)
 
+# Every benchmark, then bench/RESULTS.md from bench/results.json.
 bench: $(BENCHES)
+	$(GO) run ./bench/report
 
 # Generates (once, cached in bench/cache) a small and a large repository,
 # times one attempt's git work per strategy and the git CLI baselines, and

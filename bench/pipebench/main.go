@@ -44,19 +44,20 @@ func main() {
 
 // config is what the flags say.
 type config struct {
-	n        int             // attempts per concurrency
-	conc     []int           // concurrencies
-	targets  int             // repositories per concurrency
-	inproc   int             // attempts of the in-process chain
-	rtt      time.Duration   // of the round-trip phase; 0 skips it
-	rttN     int             // attempts of the round-trip phase
-	out      string          // results file; "-" writes none
-	binDir   string          // where the binaries are built
-	progress io.Writer       // progress lines
-	timeout  time.Duration   // for one concurrency's attempts to end
-	quiet    bool            // no per-level progress
-	extraEnv []string        // for every service (tests)
-	onLevel  func(lvl level) // tests
+	n          int             // attempts per concurrency
+	conc       []int           // concurrencies
+	targets    int             // repositories per concurrency
+	inproc     int             // attempts of the in-process chain
+	rtt        time.Duration   // of the round-trip phase; 0 skips it
+	rttN       int             // attempts of the round-trip phase
+	out        string          // results file; "-" writes none
+	binDir     string          // where the binaries are built
+	profileDir string          // CPU profiles of the services, when set
+	progress   io.Writer       // progress lines
+	timeout    time.Duration   // for one concurrency's attempts to end
+	quiet      bool            // no per-level progress
+	extraEnv   []string        // for every service (tests)
+	onLevel    func(lvl level) // tests
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -70,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.rtt, "rtt", 50*time.Millisecond, "round-trip time of the WAN phase (0 skips it)")
 	fs.IntVar(&cfg.rttN, "rtt-n", 15, "attempts of the WAN phase (concurrency 1)")
 	fs.StringVar(&cfg.out, "out", "bench/results.json", "results file (the \"pipeline\" key is replaced; \"-\" writes none)")
+	fs.StringVar(&cfg.profileDir, "profile", "", "write each service's CPU profile (pprof) into this directory")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Minute, "longest wait for one concurrency's attempts to end")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -190,7 +192,7 @@ func printResults(w io.Writer, cfg config, r *Results) {
 	if r.Overhead > 0 {
 		fmt.Fprintf(w, "\npipeline / in-process p50 at concurrency 1: %.2f\n", r.Overhead)
 	}
-	fmt.Fprintf(w, "\nCPU ms per attempt (each process's own user+system time)\n%-14s", "")
+	fmt.Fprintf(w, "\nCPU ms per attempt (each process's own user+system time, its ended children's included)\n%-14s", "")
 	levels := []string{}
 	for _, c := range cfg.conc {
 		levels = append(levels, fmt.Sprint("c", c))

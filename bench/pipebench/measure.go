@@ -199,7 +199,15 @@ func (b *bench) env(forgeURL string) []string {
 }
 
 func (b *bench) service(name, forgeURL string) *proc {
-	return &proc{name: name, bin: b.bin, args: []string{"run", name, "--http-addr", "127.0.0.1:0"}, env: b.env(forgeURL)}
+	args := []string{"run", name, "--http-addr", "127.0.0.1:0"}
+	if b.cfg.profileDir != "" {
+		file := name + ".pprof"
+		if forgeURL != b.forgeURL {
+			file = name + "-wan.pprof"
+		}
+		args = append(args, "--cpu-profile", filepath.Join(b.cfg.profileDir, file))
+	}
+	return &proc{name: name, bin: b.bin, args: args, env: b.env(forgeURL)}
 }
 
 func (b *bench) add(p *proc) error {

@@ -65,8 +65,9 @@ func (p *proc) stop() {
 // Linux architecture's user interface.
 const clkTck = 100
 
-// cpu is the process's user+system CPU time so far, from its own counters
-// (/proc/<pid>/stat utime and stime).
+// cpu is the process's user+system CPU time so far, with that of its
+// children that have ended (localforge's git processes), from its own
+// counters (/proc/<pid>/stat utime, stime, cutime and cstime).
 func (p *proc) cpu() (time.Duration, error) {
 	if p.cmd == nil || p.cmd.Process == nil {
 		return 0, fmt.Errorf("%s is not running", p.name)
@@ -82,17 +83,20 @@ func (p *proc) cpu() (time.Duration, error) {
 		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", p.cmd.Process.Pid)
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
+	if len(f) < 15 {
 		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", p.cmd.Process.Pid)
 	}
-	// After ')': state is f[0]; utime and stime are fields 14 and 15 of
-	// the line, f[11] and f[12].
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", p.cmd.Process.Pid)
+	// After ')': state is f[0]; utime, stime, cutime and cstime are
+	// fields 14 to 17 of the line, f[11] to f[14].
+	var ticks int64
+	for _, v := range f[11:15] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: unexpected format", p.cmd.Process.Pid)
+		}
+		ticks += n
 	}
-	return time.Duration(ut+st) * time.Second / clkTck, nil
+	return time.Duration(ticks) * time.Second / clkTck, nil
 }
 
 // tailBuffer keeps the last 64 KB a process wrote, for error messages.

@@ -89,6 +89,8 @@ const (
 type results struct {
 	Events              int     `json:"events"`
 	ReplayEventsPerS    float64 `json:"replay_events_per_s"`
+	ReplaySlowest       float64 `json:"replay_slowest_events_per_s"` // of the run's replays
+	ReplayFastest       float64 `json:"replay_fastest_events_per_s"`
 	ReadLimitEventsPerS float64 `json:"read_limit_events_per_s"`
 	ReplayToReadRatio   float64 `json:"replay_to_read_ratio"`
 	SummaryP50ms        float64 `json:"summary_p50_ms"`
@@ -205,6 +207,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 	r.ReplayEventsPerS = median(rates)
+	r.ReplaySlowest, r.ReplayFastest = slices.Min(rates), slices.Max(rates)
 	fmt.Fprintf(stdout, "replay: median of %d runs %.0f events/s (slowest %.0f, fastest %.0f)\n",
 		len(rates), r.ReplayEventsPerS, slices.Min(rates), slices.Max(rates))
 	r.ReadLimitEventsPerS = median(readRates)
