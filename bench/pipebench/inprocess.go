@@ -31,7 +31,7 @@ import (
 //     capacity checks), pr.Title and pr.Body.
 //
 // The driver is built as pr builds it, with pacing off.
-func inProcess(ctx context.Context, forgeURL string, n int, targets []string, prefix string) (Result, []float64, error) {
+func inProcess(ctx context.Context, forgeURL string, n int, targets []string, prefix string) (Result, []Step, error) {
 	driver, err := forge.NewGitHub(forge.GitHubConfig{Token: forgeToken, BaseURL: forgeURL + "/api/v3/", MinInterval: time.Nanosecond})
 	if err != nil {
 		return Result{}, nil, err
@@ -39,20 +39,43 @@ func inProcess(ctx context.Context, forgeURL string, n int, targets []string, pr
 	room := n + 1
 	pol := policy.Policy{MaxOpenPRs: &room}
 	lat := make([]float64, n)
+	parts := make([][]float64, len(chainSteps))
 	start := time.Now()
 	for i := range n {
 		t0 := time.Now()
-		if err := chain(ctx, driver, pol, forgeURL, targets[i%len(targets)], fmt.Sprintf("%s-%d", prefix, i)); err != nil {
+		took, err := chain(ctx, driver, pol, forgeURL, targets[i%len(targets)], fmt.Sprintf("%s-%d", prefix, i))
+		if err != nil {
 			return Result{}, nil, fmt.Errorf("in-process attempt %d: %w", i, err)
 		}
 		lat[i] = time.Since(t0).Seconds()
+		for k, d := range took {
+			parts[k] = append(parts[k], d.Seconds())
+		}
 	}
 	took := time.Since(start)
+	steps := make([]Step, len(chainSteps))
+	for k, name := range chainSteps {
+		steps[k] = Step{From: name, P50Ms: quantile(parts[k], 0.5) * 1e3}
+	}
 	return Result{Attempts: n, AttemptsPerS: float64(n) / took.Seconds(),
-		P50S: quantile(lat, 0.5), P95S: quantile(lat, 0.95), P99S: quantile(lat, 0.99)}, lat, nil
+		P50S: quantile(lat, 0.5), P95S: quantile(lat, 0.95), P99S: quantile(lat, 0.99)}, steps, nil
 }
 
-func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL, target, taskID string) error {
+// chainSteps name the parts of chain's time.
+var chainSteps = []string{"clone: fetch", "backlog-edit: open, read, edit", "push: open, commit", "push: open PR question", "push: push", "pr: ensure PR"}
+
+func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL, target, taskID string) ([]time.Duration, error) {
+	var took []time.Duration
+	t := time.Now()
+	lap := func() {
+		took = append(took, time.Since(t))
+		t = time.Now()
+	}
+	err := runChain(ctx, driver, pol, forgeURL, target, taskID, lap)
+	return took, err
+}
+
+func runChain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL, target, taskID string, lap func()) error {
 	id := attemptID()
 	req, err := events.ParseRequest(request(forgeURL, target, taskID), id)
 	if err != nil {
@@ -64,6 +87,7 @@ func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL
 	if err != nil {
 		return err
 	}
+	lap()
 	// backlog-edit
 	repo, err := gitx.OpenPack(snap.Pack)
 	if err != nil {
@@ -77,6 +101,7 @@ func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL
 	if err != nil {
 		return err
 	}
+	lap()
 	// push
 	if repo, err = gitx.OpenPack(snap.Pack); err != nil {
 		return err
@@ -88,6 +113,7 @@ func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL
 	if err != nil {
 		return err
 	}
+	lap()
 	open, err := driver.OpenPRs(ctx, req.Target.RepoURL)
 	if err != nil {
 		return err
@@ -95,9 +121,11 @@ func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL
 	if _, ok := policy.OpenForTask(open, req.Task.ID); ok {
 		return fmt.Errorf("task %s already has an open pull request", req.Task.ID)
 	}
+	lap()
 	if _, err := gitx.Push(ctx, remote, req.BranchName, commit); err != nil {
 		return err
 	}
+	lap()
 	// pr
 	guard := func(ctx context.Context) error {
 		open, err := driver.OpenPRs(ctx, req.Target.RepoURL)
@@ -119,6 +147,7 @@ func chain(ctx context.Context, driver forge.Driver, pol policy.Policy, forgeURL
 	if reused {
 		return fmt.Errorf("pull request for %s reused: the benchmark's tasks must be new", req.BranchName)
 	}
+	lap()
 	return nil
 }
 

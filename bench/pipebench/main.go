@@ -119,6 +119,13 @@ type RTTResult struct {
 	InProcessRatio float64 `json:"pipeline_to_inprocess"`
 }
 
+// Step is the median time from one event of an attempt to the next.
+type Step struct {
+	From  string  `json:"from"`
+	To    string  `json:"to"`
+	P50Ms float64 `json:"p50_ms"`
+}
+
 // Results is the "pipeline" key of bench/results.json.
 type Results struct {
 	Date     string            `json:"date"`
@@ -132,6 +139,12 @@ type Results struct {
 	// CPUmsByLevel is the same per concurrency.
 	CPUmsByLevel map[string]map[string]float64 `json:"cpu_ms_per_attempt_by_level"`
 	RTT          *RTTResult                    `json:"wan,omitempty"`
+	// Steps is where an attempt's time goes at concurrency 1: the median
+	// time between its consecutive events, as the server stored them.
+	Steps []Step `json:"steps_c1,omitempty"`
+	// InProcessSteps is the same for the in-process chain: the median of
+	// each part of its work.
+	InProcessSteps []Step `json:"inprocess_steps_c1,omitempty"`
 	// Services are the processes, in the order of the CPU table.
 	Services []string `json:"-"`
 }
@@ -191,6 +204,18 @@ func printResults(w io.Writer, cfg config, r *Results) {
 	}
 	if r.Overhead > 0 {
 		fmt.Fprintf(w, "\npipeline / in-process p50 at concurrency 1: %.2f\n", r.Overhead)
+	}
+	if len(r.Steps) > 0 {
+		fmt.Fprintf(w, "\nwhere an attempt's time goes at concurrency 1 (median between its events, as stored):\n")
+		for _, s := range r.Steps {
+			fmt.Fprintf(w, "  %-18s → %-18s %6.1f ms\n", s.From, s.To, s.P50Ms)
+		}
+	}
+	if len(r.InProcessSteps) > 0 {
+		fmt.Fprintf(w, "\nthe in-process chain's parts (median):\n")
+		for _, s := range r.InProcessSteps {
+			fmt.Fprintf(w, "  %-40s %6.1f ms\n", s.From, s.P50Ms)
+		}
 	}
 	fmt.Fprintf(w, "\nCPU ms per attempt (each process's own user+system time, its ended children's included)\n%-14s", "")
 	levels := []string{}

@@ -47,6 +47,7 @@ type bench struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	ends     *terminals
+	lastIDs  []string // of the last level, in order
 }
 
 func measure(ctx context.Context, cfg config, root string) (*Results, error) {
@@ -94,6 +95,11 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 			return nil, err
 		}
 		res.Levels[name] = r
+		if c == 1 {
+			if res.Steps, err = b.steps(ctx); err != nil {
+				return nil, err
+			}
+		}
 		res.CPUmsByLevel[name] = map[string]float64{}
 		for s, t := range after {
 			d := t - before[s]
@@ -115,11 +121,12 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 		if err != nil {
 			return nil, err
 		}
-		r, _, err := inProcess(ctx, b.forgeURL, cfg.inproc, targets, "ip")
+		r, steps, err := inProcess(ctx, b.forgeURL, cfg.inproc, targets, "ip")
 		if err != nil {
 			return nil, err
 		}
 		res.Levels["inprocess_c1"] = r
+		res.InProcessSteps = steps
 		if c1, ok := res.Levels["c1"]; ok && r.P50S > 0 {
 			res.Overhead = c1.P50S / r.P50S
 		}
@@ -293,6 +300,7 @@ type level struct {
 func (b *bench) level(ctx context.Context, name string, c, n int, targets []string, forgeURL string) (Result, error) {
 	sem := make(chan struct{}, c)
 	lat := make([]float64, n)
+	b.lastIDs = b.lastIDs[:0]
 	failed := make([]bool, n)
 	var why string
 	var wg sync.WaitGroup
@@ -307,6 +315,7 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 			return Result{}, ctx.Err()
 		}
 		id := attemptID()
+		b.lastIDs = append(b.lastIDs, id)
 		ended := b.ends.expect(id)
 		body := request(forgeURL, targets[i%len(targets)], fmt.Sprintf("%s-%d", name, i))
 		t0 := time.Now()
@@ -494,4 +503,36 @@ func gitCommit(root string) string {
 		return ""
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// stepOrder is an attempt's events in the order the stages publish them.
+var stepOrder = []events.Type{events.AttemptRequested, events.AttemptCreated, events.AttemptStarted, events.RepoFetched,
+	events.BacklogEdited, events.BranchPushed, events.PRCreated, events.AttemptSucceeded}
+
+// steps is where the time of the last level's attempts went: the median
+// time from each event to the next, by the times the server stored them.
+func (b *bench) steps(ctx context.Context) ([]Step, error) {
+	st, err := b.js.Stream(ctx, stage.StreamName)
+	if err != nil {
+		return nil, err
+	}
+	gaps := make([][]float64, len(stepOrder)-1)
+	for _, id := range b.lastIDs {
+		var prev time.Time
+		for i, typ := range stepOrder {
+			m, err := st.GetLastMsgForSubject(ctx, events.Subject(id, typ))
+			if err != nil {
+				return nil, fmt.Errorf("attempt %s, %s: %w", id, typ, err)
+			}
+			if i > 0 {
+				gaps[i-1] = append(gaps[i-1], m.Time.Sub(prev).Seconds())
+			}
+			prev = m.Time
+		}
+	}
+	out := make([]Step, len(gaps))
+	for i, g := range gaps {
+		out[i] = Step{From: string(stepOrder[i]), To: string(stepOrder[i+1]), P50Ms: quantile(g, 0.5) * 1e3}
+	}
+	return out, nil
 }
