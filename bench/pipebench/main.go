@@ -53,6 +53,7 @@ type config struct {
 	out        string          // results file; "-" writes none
 	binDir     string          // where the binaries are built
 	profileDir string          // CPU profiles of the services, when set
+	logDir     string          // every process's output, when set
 	progress   io.Writer       // progress lines
 	timeout    time.Duration   // for one concurrency's attempts to end
 	quiet      bool            // no per-level progress
@@ -71,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.rtt, "rtt", 50*time.Millisecond, "round-trip time of the WAN phase (0 skips it)")
 	fs.IntVar(&cfg.rttN, "rtt-n", 15, "attempts of the WAN phase (concurrency 1)")
 	fs.StringVar(&cfg.out, "out", "bench/results.json", "results file (the \"pipeline\" key is replaced; \"-\" writes none)")
+	fs.StringVar(&cfg.logDir, "logs", "", "append each process's output to <name>.log in this directory")
 	fs.StringVar(&cfg.profileDir, "profile", "", "write each service's CPU profile (pprof) into this directory")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Minute, "longest wait for one concurrency's attempts to end")
 	if err := fs.Parse(args); err != nil {

@@ -30,13 +30,26 @@ type proc struct {
 	env  []string
 	cmd  *exec.Cmd
 	out  *tailBuffer
+	// logDir, when set, gets a copy of the process's output in
+	// <name>.log.
+	logDir string
+	log    *os.File
 }
 
 func (p *proc) start() error {
 	p.out = &tailBuffer{}
 	p.cmd = exec.Command(p.bin, p.args...)
 	p.cmd.Env = append(os.Environ(), p.env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	var w io.Writer = p.out
+	if p.logDir != "" {
+		f, err := os.OpenFile(filepath.Join(p.logDir, p.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		p.log = f // closed by stop, after the copy of the output ends
+		w = io.MultiWriter(p.out, f)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = w, w
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the benchmark
 	if err := p.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
@@ -59,6 +72,10 @@ func (p *proc) stop() {
 		<-done
 	}
 	p.cmd = nil
+	if p.log != nil {
+		_ = p.log.Close()
+		p.log = nil
+	}
 }
 
 // clkTck is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on every

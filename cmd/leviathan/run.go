@@ -127,6 +127,7 @@ type environment struct {
 	Setup         bool   // LEVIATHAN_SETUP=1: services set up the NATS resources themselves
 	Deadline      string // LEVIATHAN_STAGE_DEADLINE: of one run of a stage's handler
 	Workers       string // LEVIATHAN_STAGE_WORKERS: messages a stage handles at once
+	ForgeLimit    string // LEVIATHAN_LOCALFORGE_RATE_LIMIT: localforge's API requests per hour
 	Forge         forgeEnv
 }
 
@@ -151,6 +152,7 @@ func envConfig(getenv func(string) string) environment {
 		Setup:         getenv("LEVIATHAN_SETUP") == "1" || getenv("LEVIATHAN_SETUP") == "true",
 		Deadline:      getenv("LEVIATHAN_STAGE_DEADLINE"),
 		Workers:       getenv("LEVIATHAN_STAGE_WORKERS"),
+		ForgeLimit:    getenv("LEVIATHAN_LOCALFORGE_RATE_LIMIT"),
 		Forge:         forgeEnvFrom(getenv),
 	}
 	if e.NATSURL == "" {

@@ -59,6 +59,11 @@ func cmdRun(ctx context.Context, args []string, env environment, stdout, stderr 
 			return &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_STAGE_WORKERS=%q: want a number from 1 to 256", env.Workers)}
 		}
 	}
+	if env.ForgeLimit != "" {
+		if cfg.ForgeRateLimit, err = strconv.Atoi(env.ForgeLimit); err != nil || cfg.ForgeRateLimit < 1 {
+			return &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_LOCALFORGE_RATE_LIMIT=%q: want a positive number of requests per hour", env.ForgeLimit)}
+		}
+	}
 	if env.Deadline != "" {
 		if cfg.Deadline, err = time.ParseDuration(env.Deadline); err != nil || cfg.Deadline <= 0 {
 			return &exitError{code: 2, msg: fmt.Sprintf("LEVIATHAN_STAGE_DEADLINE=%q: want a duration such as 5m", env.Deadline)}

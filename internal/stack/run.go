@@ -35,6 +35,10 @@ type ServiceConfig struct {
 	// Workers is how many messages the stage handles at once (default
 	// stage.DefaultWorkers; LEVIATHAN_STAGE_WORKERS).
 	Workers int
+	// ForgeRateLimit is localforge's primary rate limit, API requests per
+	// hour (default 5000, GitHub's for a token;
+	// LEVIATHAN_LOCALFORGE_RATE_LIMIT).
+	ForgeRateLimit int
 	// Setup makes the service create or update the NATS resources itself
 	// (a one-user installation); otherwise it waits for the set-up step
 	// (`leviathan setup`) and needs no right to manage JetStream.
@@ -148,7 +152,7 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 
 // runLocalforge serves localforge on its own (a cluster without GitHub).
 func runLocalforge(ctx context.Context, cfg ServiceConfig, ln net.Listener) error {
-	f, err := localforge.New(localforge.Config{Dir: cfg.DataDir, Token: cfg.ForgeToken, Logger: cfg.Logger})
+	f, err := localforge.New(localforge.Config{Dir: cfg.DataDir, Token: cfg.ForgeToken, Logger: cfg.Logger, RateLimit: cfg.ForgeRateLimit})
 	if err != nil {
 		ln.Close()
 		return err
