@@ -168,6 +168,25 @@ func write(w io.Writer, r results, mach, sha string, now time.Time) {
 			}
 			fmt.Fprintf(w, "- %s ≤ 5 ms CPU per attempt: %.2f ms, %s\n", n, cpu[n], mark(cpu[n] <= 5))
 		}
+		var steps, ipSteps []struct {
+			From  string  `json:"from"`
+			To    string  `json:"to"`
+			P50Ms float64 `json:"p50_ms"`
+		}
+		_ = json.Unmarshal(p["steps_c1"], &steps)
+		_ = json.Unmarshal(p["inprocess_steps_c1"], &ipSteps)
+		if len(steps) > 0 {
+			fmt.Fprintf(w, "\nWhere an attempt's time goes at concurrency 1 (median time between its events, as the server stored them):\n\n| from | to | ms |\n|---|---|---:|\n")
+			for _, s := range steps {
+				fmt.Fprintf(w, "| %s | %s | %.1f |\n", s.From, s.To, s.P50Ms)
+			}
+		}
+		if len(ipSteps) > 0 {
+			fmt.Fprintf(w, "\nThe in-process chain's parts (median):\n\n| part | ms |\n|---|---:|\n")
+			for _, s := range ipSteps {
+				fmt.Fprintf(w, "| %s | %.1f |\n", s.From, s.P50Ms)
+			}
+		}
 		var wn wan
 		if raw, ok := p["wan"]; ok && json.Unmarshal(raw, &wn) == nil && wn.Attempts > 0 {
 			fmt.Fprintf(w, "\nAt %.0f ms round-trip time (bench/rttproxy in front of localforge: one RTT per request, two per new connection), %d attempts one at a time: pipeline p50 %.0f ms, the in-process chain %.0f ms (%.2f×). Per attempt: git %.1f requests (%.1f round trips), API %.1f requests (%.1f round trips).\n",
