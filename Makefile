@@ -4,7 +4,7 @@ BIN     ?= bin/leviathan
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/leviathan-dev/leviathan/internal/stack.Version=0.1.0-$(VERSION)
 
-.PHONY: all build demo dev test test-deps test-short lint fuzz clean e2e
+.PHONY: all build demo dev test test-deps test-short lint fuzz clean e2e test-k8s
 
 all: build
 
@@ -27,6 +27,13 @@ test: test-deps lint
 
 test-deps:
 	@bash .ci/test-deps
+
+# The overlays against a real control plane (tests/k8s): etcd,
+# kube-apiserver, kube-controller-manager and kube-scheduler built from the
+# Go module proxy (the first run takes minutes; cached after) and run in a
+# loopback-only network namespace. Needs root for the namespace.
+test-k8s: test-deps
+	LEVIATHAN_TEST_K8S=1 $(GO) test -count=1 -timeout 60m -v ./tests/k8s/
 
 # The cluster end-to-end test at full size: the prod overlay's three-node
 # NATS cluster and two replicas of every stage in containers, 100 attempts
