@@ -48,7 +48,7 @@ func (r *Resources) Begin(ctx context.Context, in *Input, payload any) (Begun, e
 		pack, objects = refs.SnapshotRefs()
 	}
 	if pack != "" {
-		data, err := r.Snapshots.GetBytes(ctx, pack)
+		data, err := r.Snapshot(ctx, pack)
 		if err != nil {
 			return b, Retry(fmt.Errorf("load snapshot %s: %w", pack, err))
 		}
@@ -57,7 +57,7 @@ func (r *Resources) Begin(ctx context.Context, in *Input, payload any) (Begun, e
 		}
 	}
 	for _, name := range objects {
-		data, err := r.Snapshots.GetBytes(ctx, name)
+		data, err := r.Snapshot(ctx, name)
 		if err != nil {
 			return b, Retry(fmt.Errorf("load snapshot %s: %w", name, err))
 		}

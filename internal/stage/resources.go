@@ -72,6 +72,8 @@ type Resources struct {
 	Attempts  jetstream.KeyValue
 	Config    jetstream.KeyValue
 	Locks     jetstream.KeyValue
+	// snapshotStream is Snapshots' stream (nil: unknown).
+	snapshotStream jetstream.Stream
 	// lockRenew is how often a lock holder renews its lock: a quarter of
 	// the locks bucket's TTL.
 	lockRenew time.Duration
@@ -144,6 +146,9 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Resources, error) {
 	if res.Snapshots, err = js.ObjectStore(ctx, SnapshotBucket); err != nil {
 		return nil, notSetUp("object store "+SnapshotBucket, err)
 	}
+	// The bucket's stream, for Snapshot's direct reads; without it,
+	// Snapshot reads through the object store.
+	res.snapshotStream, _ = js.Stream(ctx, "OBJ_"+SnapshotBucket)
 	for _, b := range []struct {
 		name string
 		kv   *jetstream.KeyValue
