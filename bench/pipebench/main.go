@@ -44,21 +44,21 @@ func main() {
 
 // config is what the flags say.
 type config struct {
-	n          int             // attempts per concurrency
-	conc       []int           // concurrencies
-	targets    int             // repositories per concurrency
-	inproc     int             // attempts of the in-process chain
-	rtt        time.Duration   // of the round-trip phase; 0 skips it
-	rttN       int             // attempts of the round-trip phase
-	out        string          // results file; "-" writes none
-	binDir     string          // where the binaries are built
-	profileDir string          // CPU profiles of the services, when set
-	logDir     string          // every process's output, when set
-	progress   io.Writer       // progress lines
-	timeout    time.Duration   // for one concurrency's attempts to end
-	quiet      bool            // no per-level progress
-	extraEnv   []string        // for every service (tests)
-	onLevel    func(lvl level) // tests
+	n          int           // attempts per concurrency and round
+	runs       int           // rounds
+	conc       []int         // concurrencies
+	targets    int           // repositories per concurrency
+	inproc     int           // attempts of the in-process chain
+	rtt        time.Duration // of the round-trip phase; 0 skips it
+	rttN       int           // attempts of the round-trip phase
+	out        string        // results file; "-" writes none
+	binDir     string        // where the binaries are built
+	profileDir string        // CPU profiles of the services, when set
+	logDir     string        // every process's output, when set
+	progress   io.Writer     // progress lines
+	timeout    time.Duration // for one concurrency's attempts to end
+	quiet      bool          // no per-level progress
+	extraEnv   []string      // for every service (tests)
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -66,7 +66,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	cfg := config{}
 	conc := fs.String("c", "1,8,32", "concurrencies: attempts kept in flight")
-	fs.IntVar(&cfg.n, "n", 500, "attempts per concurrency")
+	fs.IntVar(&cfg.n, "n", 300, "attempts per concurrency and round")
+	fs.IntVar(&cfg.runs, "runs", 3, "rounds, each of every concurrency; throughput is their median")
 	fs.IntVar(&cfg.targets, "targets", 16, "target repositories per concurrency")
 	fs.IntVar(&cfg.inproc, "inprocess-n", 100, "attempts of the in-process chain (concurrency 1)")
 	fs.DurationVar(&cfg.rtt, "rtt", 50*time.Millisecond, "round-trip time of the WAN phase (0 skips it)")
@@ -88,8 +89,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		cfg.conc = append(cfg.conc, c)
 	}
-	if cfg.n < 1 || cfg.targets < 1 || cfg.inproc < 0 || cfg.rttN < 1 {
-		return cfg, errors.New("-n, -targets and -rtt-n must be positive; -inprocess-n not negative")
+	if cfg.n < 1 || cfg.runs < 1 || cfg.targets < 1 || cfg.inproc < 0 || cfg.rttN < 1 {
+		return cfg, errors.New("-n, -runs, -targets and -rtt-n must be positive; -inprocess-n not negative")
 	}
 	return cfg, nil
 }
@@ -98,10 +99,16 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 type Result struct {
 	Attempts     int     `json:"attempts"`
 	Failed       int     `json:"failed"`
-	AttemptsPerS float64 `json:"attempts_per_s"`
-	P50S         float64 `json:"p50_s"`
-	P95S         float64 `json:"p95_s"`
-	P99S         float64 `json:"p99_s"`
+	AttemptsPerS float64 `json:"attempts_per_s"` // the median of the rounds'
+	// Runs is the rounds it was measured in; AttemptsPerSMin and Max the
+	// slowest and the fastest round's throughput.
+	Runs            int     `json:"runs,omitempty"`
+	AttemptsPerSMin float64 `json:"attempts_per_s_min,omitempty"`
+	AttemptsPerSMax float64 `json:"attempts_per_s_max,omitempty"`
+	P50S            float64 `json:"p50_s"`
+	P95S            float64 `json:"p95_s"`
+	P99S            float64 `json:"p99_s"`
+	lat             []float64
 }
 
 // RTTResult is the WAN phase: one attempt at a time through the proxy.
@@ -193,8 +200,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 func printResults(w io.Writer, cfg config, r *Results) {
-	fmt.Fprintf(w, "\npipeline: %d attempts per concurrency, %s\n\n", cfg.n, r.Pacing)
-	fmt.Fprintf(w, "%-14s %9s %9s %9s %9s %9s\n", "", "attempts", "per s", "p50 ms", "p95 ms", "p99 ms")
+	fmt.Fprintf(w, "\npipeline: %d rounds of %d attempts per concurrency, %s\n\n", cfg.runs, cfg.n, r.Pacing)
+	fmt.Fprintf(w, "%-14s %9s %9s %15s %9s %9s %9s\n", "", "attempts", "per s", "rounds' range", "p50 ms", "p95 ms", "p99 ms")
 	keys := make([]string, 0, len(r.Levels))
 	for k := range r.Levels {
 		keys = append(keys, k)
@@ -202,7 +209,11 @@ func printResults(w io.Writer, cfg config, r *Results) {
 	slices.SortFunc(keys, func(a, b string) int { return levelOrder(a) - levelOrder(b) })
 	for _, k := range keys {
 		l := r.Levels[k]
-		fmt.Fprintf(w, "%-14s %9d %9.1f %9.1f %9.1f %9.1f\n", k, l.Attempts-l.Failed, l.AttemptsPerS, l.P50S*1e3, l.P95S*1e3, l.P99S*1e3)
+		spread := ""
+		if l.Runs > 1 {
+			spread = fmt.Sprintf("%.1f–%.1f", l.AttemptsPerSMin, l.AttemptsPerSMax)
+		}
+		fmt.Fprintf(w, "%-14s %9d %9.1f %15s %9.1f %9.1f %9.1f\n", k, l.Attempts-l.Failed, l.AttemptsPerS, spread, l.P50S*1e3, l.P95S*1e3, l.P99S*1e3)
 	}
 	if r.Overhead > 0 {
 		fmt.Fprintf(w, "\npipeline / in-process p50 at concurrency 1: %.2f\n", r.Overhead)

@@ -20,7 +20,7 @@ func TestRunSmall(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "results.json")
 	var stdout strings.Builder
-	err := run(context.Background(), []string{"-n", "6", "-c", "1,3", "-targets", "2", "-inprocess-n", "3",
+	err := run(context.Background(), []string{"-n", "6", "-runs", "2", "-c", "1,3", "-targets", "2", "-inprocess-n", "3",
 		"-rtt", "20ms", "-rtt-n", "2", "-out", out}, &stdout, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +40,9 @@ func TestRunSmall(t *testing.T) {
 		var r Result
 		if err := json.Unmarshal(doc.Pipeline[k], &r); err != nil || r.AttemptsPerS <= 0 || r.P50S <= 0 || r.P99S < r.P50S {
 			t.Errorf("%s: %s (%v)", k, doc.Pipeline[k], err)
+		}
+		if k != "inprocess_c1" && (r.Runs != 2 || r.Attempts != 12 || r.AttemptsPerSMin > r.AttemptsPerS || r.AttemptsPerS > r.AttemptsPerSMax) {
+			t.Errorf("%s: two rounds of 6 attempts: %s", k, doc.Pipeline[k])
 		}
 	}
 	var cpu map[string]float64

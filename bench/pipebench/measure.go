@@ -34,8 +34,9 @@ const (
 	// made one at a time, across replicas.
 	pacing = "1ns"
 	// rateLimit is localforge's primary rate limit for the benchmark,
-	// requests per hour: 1,500 attempts make about 6,000 API calls, over
-	// GitHub's 5,000, and the pipeline would (rightly) wait for the reset.
+	// requests per hour: a default run's 2,700 attempts make about 11,000
+	// API calls, over GitHub's 5,000, and the pipeline would (rightly)
+	// wait for the reset.
 	rateLimit = "100000000"
 )
 
@@ -79,42 +80,50 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 		Services: append([]string{"nats-server", "localforge"}, b.serviceNames()...)}
 	total := map[string]time.Duration{}
 	attempts := 0
-	for _, c := range cfg.conc {
-		name := fmt.Sprint("c", c)
-		targets, err := b.targets(ctx, name, cfg.targets, cfg.n)
-		if err != nil {
-			return nil, err
-		}
-		before, err := b.cpu()
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(cfg.progress, "pipebench: %d attempts at concurrency %d\n", cfg.n, c)
-		r, err := b.level(ctx, name, c, cfg.n, targets, b.forgeURL)
-		if err != nil {
-			return nil, err
-		}
-		after, err := b.cpu()
-		if err != nil {
-			return nil, err
-		}
-		res.Levels[name] = r
-		if c == 1 {
-			if res.Steps, err = b.steps(ctx); err != nil {
+	// Rounds: each runs every concurrency once, so that a change in the
+	// machine's speed during the run weighs on every concurrency alike;
+	// each level's figures are over all its rounds.
+	byLevel := map[string][]Result{}
+	for round := range cfg.runs {
+		for _, c := range cfg.conc {
+			name := fmt.Sprint("c", c)
+			targets, err := b.targets(ctx, fmt.Sprintf("%s-r%d", name, round), cfg.targets, cfg.n)
+			if err != nil {
 				return nil, err
 			}
+			before, err := b.cpu()
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts at concurrency %d\n", round+1, cfg.runs, cfg.n, c)
+			r, err := b.level(ctx, name, c, cfg.n, targets, b.forgeURL)
+			if err != nil {
+				return nil, err
+			}
+			after, err := b.cpu()
+			if err != nil {
+				return nil, err
+			}
+			byLevel[name] = append(byLevel[name], r)
+			if c == 1 && round == 0 {
+				if res.Steps, err = b.steps(ctx); err != nil {
+					return nil, err
+				}
+			}
+			if res.CPUmsByLevel[name] == nil {
+				res.CPUmsByLevel[name] = map[string]float64{}
+			}
+			for s, t := range after {
+				d := t - before[s]
+				total[s] += d
+				res.CPUmsByLevel[name][s] += float64(d) / float64(time.Millisecond) / float64(cfg.n*cfg.runs)
+			}
+			attempts += cfg.n
+			fmt.Fprintf(cfg.progress, "pipebench:   %.1f attempts/s, p50 %.0f ms, p99 %.0f ms\n", r.AttemptsPerS, r.P50S*1e3, r.P99S*1e3)
 		}
-		res.CPUmsByLevel[name] = map[string]float64{}
-		for s, t := range after {
-			d := t - before[s]
-			total[s] += d
-			res.CPUmsByLevel[name][s] = float64(d) / float64(time.Millisecond) / float64(cfg.n)
-		}
-		attempts += cfg.n
-		fmt.Fprintf(cfg.progress, "pipebench:   %.1f attempts/s, p50 %.0f ms, p99 %.0f ms\n", r.AttemptsPerS, r.P50S*1e3, r.P99S*1e3)
-		if cfg.onLevel != nil {
-			cfg.onLevel(level{name: name, result: r})
-		}
+	}
+	for name, rs := range byLevel {
+		res.Levels[name] = combine(rs)
 	}
 	for s, t := range total {
 		res.CPUms[s] = float64(t) / float64(time.Millisecond) / float64(attempts)
@@ -294,11 +303,6 @@ func attemptID() string {
 	return "a-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
 }
 
-type level struct {
-	name   string
-	result Result
-}
-
 // level submits n attempts keeping c in flight, and waits for each to end.
 // Latency is from just before the request is published to the arrival of
 // the attempt's terminal event, as a user watching the subjects sees it.
@@ -363,6 +367,7 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 		return r, fmt.Errorf("%s: %d of %d attempts did not succeed; the last: %s\n%s", name, r.Failed, n, why, b.logs())
 	}
 	r.P50S, r.P95S, r.P99S = quantile(lat, 0.50), quantile(lat, 0.95), quantile(lat, 0.99)
+	r.lat = lat
 	return r, nil
 }
 
@@ -540,4 +545,22 @@ func (b *bench) steps(ctx context.Context) ([]Step, error) {
 		out[i] = Step{From: string(stepOrder[i]), To: string(stepOrder[i+1]), P50Ms: quantile(g, 0.5) * 1e3}
 	}
 	return out, nil
+}
+
+// combine is one level's figures over its rounds: the median throughput
+// with the slowest and fastest round, and the latency percentiles of all
+// the rounds' attempts together.
+func combine(rs []Result) Result {
+	var rates, lat []float64
+	out := Result{Runs: len(rs)}
+	for _, r := range rs {
+		rates = append(rates, r.AttemptsPerS)
+		lat = append(lat, r.lat...)
+		out.Attempts += r.Attempts
+		out.Failed += r.Failed
+	}
+	out.AttemptsPerS = quantile(rates, 0.5)
+	out.AttemptsPerSMin, out.AttemptsPerSMax = slices.Min(rates), slices.Max(rates)
+	out.P50S, out.P95S, out.P99S = quantile(lat, 0.50), quantile(lat, 0.95), quantile(lat, 0.99)
+	return out
 }

@@ -86,6 +86,9 @@ type results struct {
 type level struct {
 	Attempts     int     `json:"attempts"`
 	AttemptsPerS float64 `json:"attempts_per_s"`
+	Runs         int     `json:"runs"`
+	Min          float64 `json:"attempts_per_s_min"`
+	Max          float64 `json:"attempts_per_s_max"`
 	P50S         float64 `json:"p50_s"`
 	P95S         float64 `json:"p95_s"`
 	P99S         float64 `json:"p99_s"`
@@ -112,16 +115,17 @@ func mark(met bool) string {
 
 func write(w io.Writer, r results, mach, sha string, now time.Time) {
 	fmt.Fprintf(w, "# Benchmark results\n\nWritten by `make bench` (bench/report from bench/results.json) on %s.\n\n", now.Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(w, "- Machine: %s\n- Commit: %s\n", mach, sha)
+	fmt.Fprintf(w, "- Machine: %s\n- Commit when this file was written: %s (each benchmark's own is in bench/results.json where it records one)\n", mach, sha)
 	fmt.Fprintf(w, "- Every process (benchmark, NATS, localforge, services, git) shares the machine's cores. Figures move with its load: compare runs of one machine, one after the other.\n\n")
 
 	if p := r.Pipeline; p != nil {
 		fmt.Fprintf(w, "## Pipeline (`make bench-pipeline`)\n\n")
-		var pacing, date string
+		var pacing, date, sha string
 		_ = json.Unmarshal(p["pacing"], &pacing)
 		_ = json.Unmarshal(p["date"], &date)
-		fmt.Fprintf(w, "Every service a process of its own against one nats-server and localforge on loopback, small repositories; %s. Measured %s.\n\n", pacing, date)
-		fmt.Fprintf(w, "| run | attempts | attempts/s | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|\n")
+		_ = json.Unmarshal(p["commit"], &sha)
+		fmt.Fprintf(w, "Every service a process of its own against one nats-server and localforge on loopback, small repositories; %s. Measured %s at commit %s.\n\n", pacing, date, sha)
+		fmt.Fprintf(w, "| run | attempts | attempts/s (median of rounds) | rounds: slowest–fastest | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|\n")
 		var keys []string
 		for k := range p {
 			if strings.HasPrefix(k, "c") || k == "inprocess_c1" {
@@ -137,7 +141,11 @@ func write(w io.Writer, r results, mach, sha string, now time.Time) {
 			var l level
 			_ = json.Unmarshal(p[k], &l)
 			lv[k] = l
-			fmt.Fprintf(w, "| %s | %d | %.1f | %.0f | %.0f | %.0f |\n", k, l.Attempts, l.AttemptsPerS, l.P50S*1e3, l.P95S*1e3, l.P99S*1e3)
+			spread := "one round"
+			if l.Runs > 1 {
+				spread = fmt.Sprintf("%d rounds: %.1f–%.1f", l.Runs, l.Min, l.Max)
+			}
+			fmt.Fprintf(w, "| %s | %d | %.1f | %s | %.0f | %.0f | %.0f |\n", k, l.Attempts, l.AttemptsPerS, spread, l.P50S*1e3, l.P95S*1e3, l.P99S*1e3)
 		}
 		var overhead float64
 		_ = json.Unmarshal(p["overhead_ratio_c1"], &overhead)
@@ -192,7 +200,7 @@ func write(w io.Writer, r results, mach, sha string, now time.Time) {
 			fmt.Fprintf(w, "\nAt %.0f ms round-trip time (bench/rttproxy in front of localforge: one RTT per request, two per new connection), %d attempts one at a time: pipeline p50 %.0f ms, the in-process chain %.0f ms (%.2f×). Per attempt: git %.1f requests (%.1f round trips), API %.1f requests (%.1f round trips).\n",
 				wn.RTTMs, wn.Attempts, wn.P50S*1e3, wn.InProcessP50S*1e3, wn.InProcessRatio, wn.GitRequests, wn.GitRoundTrips, wn.APIRequests, wn.APIRoundTrips)
 		}
-		fmt.Fprintf(w, "\nVariation within the run: the latency columns (p50 to p99). One run gives one throughput per concurrency; its run-to-run spread is not in this file.\n\n")
+		fmt.Fprintf(w, "\nVariation: each concurrency ran in rounds interleaved with the others; the throughput is the rounds' median, with the slowest and fastest round beside it; the latencies are over every round's attempts.\n\n")
 	}
 
 	if g := r.Git; g != nil {
