@@ -151,8 +151,8 @@ func runChain(ctx context.Context, driver forge.Driver, pol policy.Policy, forge
 	return nil
 }
 
-// structToMap and marshalMap let Results put its levels at the top level
-// of its JSON object.
+// structToMap lets Results put its levels at the top level of its JSON
+// object.
 func structToMap(v any) (map[string]any, error) {
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -161,5 +161,3 @@ func structToMap(v any) (map[string]any, error) {
 	m := map[string]any{}
 	return m, json.Unmarshal(data, &m)
 }
-
-func marshalMap(m map[string]any) ([]byte, error) { return json.Marshal(m) }

@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -168,7 +169,7 @@ func (r Results) MarshalJSON() ([]byte, error) {
 	for k, v := range r.Levels {
 		m[k] = v
 	}
-	return marshalMap(m)
+	return json.Marshal(m)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

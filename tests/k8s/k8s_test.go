@@ -74,13 +74,13 @@ func TestOverlaysOnAControlPlane(t *testing.T) {
 				for _, w := range workloads {
 					name := w[strings.Index(w, "/")+1:]
 					if !strings.Contains(pods, name+"-") {
-						ev := c.kubectl("get", "events", "-n", "leviathan", "--field-selector", "reason=FailedCreate", "-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}")
+						ev := c.failedCreates("leviathan")
 						return &podsMissing{workload: w, events: ev}
 					}
 				}
 				return nil
 			})
-			if ev := c.kubectl("get", "events", "-n", "leviathan", "--field-selector", "reason=FailedCreate", "-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}"); strings.TrimSpace(ev) != "" {
+			if ev := c.failedCreates("leviathan"); strings.TrimSpace(ev) != "" {
 				t.Errorf("the controllers could not create some pods:\n%s", ev)
 			}
 			// The scheduler has looked at them: no node, so unschedulable.
@@ -120,7 +120,7 @@ func TestClusterRefuses(t *testing.T) {
 			t.Fatalf("the Deployment itself is valid: %v\n%s", err, out)
 		}
 		c.waitFor("FailedCreate for the root pod", time.Minute, func() error {
-			ev := c.kubectl("get", "events", "-n", "psa", "--field-selector", "reason=FailedCreate", "-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}")
+			ev := c.failedCreates("psa")
 			if !strings.Contains(ev, "violates PodSecurity") {
 				return &notYet{"FailedCreate events: " + ev}
 			}
@@ -144,6 +144,13 @@ func TestClusterRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// failedCreates is the messages of namespace's FailedCreate events: pods
+// a controller could not create (admission refused them).
+func (c *controlPlane) failedCreates(namespace string) string {
+	return c.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=FailedCreate",
+		"-o", `jsonpath={range .items[*]}{.message}{"\n"}{end}`)
 }
 
 type podsMissing struct{ workload, events string }

@@ -463,12 +463,7 @@ func paced(t *testing.T, h *Harness, d forge.Driver) {
 			t.Fatalf("create %d: %v", i, err)
 		}
 	}
-	var posts []Request
-	for _, r := range h.Requests() {
-		if r.Method == "POST" && strings.HasSuffix(r.Path, "/pulls") {
-			posts = append(posts, r)
-		}
-	}
+	posts := creates(h)
 	if len(posts) != 3 {
 		t.Fatalf("%d POSTs, want 3", len(posts))
 	}
@@ -482,6 +477,17 @@ func paced(t *testing.T, h *Harness, d forge.Driver) {
 	onePR(t, h, 3)
 }
 
+// creates is the journal's pull request creates, in the order they ended.
+func creates(h *Harness) []Request {
+	var posts []Request
+	for _, r := range h.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/pulls") {
+			posts = append(posts, r)
+		}
+	}
+	return posts
+}
+
 func unansweredHoldsPace(t *testing.T, h *Harness, d forge.Driver) {
 	// A create the forge is still working on when the driver's timeout
 	// ends; it takes effect after. The next mutating call must not
@@ -490,12 +496,7 @@ func unansweredHoldsPace(t *testing.T, h *Harness, d forge.Driver) {
 	_, _, err := ensure(t, d, h.req("feature-1"))
 	retryErr(t, err)
 	mustEnsure(t, d, h.req("feature-2"), false)
-	var posts []Request
-	for _, r := range h.Requests() {
-		if r.Method == "POST" && strings.HasSuffix(r.Path, "/pulls") {
-			posts = append(posts, r)
-		}
-	}
+	posts := creates(h)
 	if len(posts) != 2 {
 		t.Fatalf("%d POSTs, want 2", len(posts))
 	}
