@@ -73,16 +73,18 @@ func TestRunSmall(t *testing.T) {
 	// summary under a replay, and RSS. On so small a graph (under 1 MB) the
 	// RSS figure is within the noise of the runtime's own (the pages it
 	// keeps cached per P after returning the rest to the system: about
-	// 1.5 MB), so only that it was read (run fails when it cannot read it)
-	// and a loose bound are checked: not its sign (in a test binary run
-	// with -count 4, the fourth run gave -52 bytes per attempt).
+	// 1.5 MB, and tens of MB under the race detector on busy cores, where
+	// one run gave 66 KB per attempt), so only that it was read (run
+	// fails when it cannot read it) and is a number are checked: not its
+	// sign or size (in a test binary run with -count 4, the fourth run
+	// gave -52 bytes per attempt).
 	if pr.ReadLimit <= 0 || pr.Ratio <= 0 || math.Abs(pr.Ratio-pr.Replay/pr.ReadLimit) > 0.001 {
 		t.Errorf("read limit %v events/s, ratio %v, replay %v", pr.ReadLimit, pr.Ratio, pr.Replay)
 	}
 	if pr.P50UnderReplay <= 0 || pr.P99UnderReplay < pr.P50UnderReplay {
 		t.Errorf("summary under replay: p50 %v ms, p99 %v ms", pr.P50UnderReplay, pr.P99UnderReplay)
 	}
-	if !strings.Contains(stdout.String(), "process RSS: ") || math.Abs(pr.RSSBytesPerAttempt) > 64<<10 {
+	if !strings.Contains(stdout.String(), "process RSS: ") || math.IsNaN(pr.RSSBytesPerAttempt) || math.IsInf(pr.RSSBytesPerAttempt, 0) {
 		t.Errorf("rss_bytes_per_attempt = %v", pr.RSSBytesPerAttempt)
 	}
 }
