@@ -388,6 +388,9 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 			t.Logf("%s: attempt %s did not end; its events: %s", name, id, c.eventsOf(id))
 		}
 	}
+	// The plan may have restarted localforge last, after every attempt
+	// ended: judge it once it is ready again, as a Service would route.
+	c.k.waitReady(c.forge, 2*time.Minute)
 	c.judgeForge(&v, prefix)
 	c.judgeSummary(&v, prefix, n)
 	return v
