@@ -3,12 +3,14 @@ package events
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"math"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,36 +54,54 @@ func ChainHash(c Canonical, prev *[sha256.Size]byte) [sha256.Size]byte {
 // absorbed, which needs no other event. Finish completes it in chain
 // order.
 type Pending struct {
+	s *hasher
+}
+
+// hasher is a SHA-256 state with room for what Finish writes and sums,
+// so that a pooled one hashes an event without allocating.
+type hasher struct {
 	h    hash.Hash
-	tail []byte
+	tail []byte // the canonical JSON after prev_hash
+	buf  [2*sha256.Size + 2]byte
+	sum  [sha256.Size]byte
+}
+
+// hashers keeps hashers between a Pending's Begin and its Finish, which a
+// projector runs on different goroutines, a million times in a replay.
+var hashers = sync.Pool{New: func() any { return &hasher{h: sha256.New()} }}
+
+func begin(head, tail []byte) Pending {
+	s := hashers.Get().(*hasher)
+	s.h.Reset()
+	s.h.Write(head)
+	s.tail = append(s.tail[:0], tail...)
+	return Pending{s: s}
 }
 
 // Begin absorbs c's Head.
-func (c Canonical) Begin() Pending {
-	h := sha256.New()
-	h.Write(c.Head)
-	return Pending{h: h, tail: c.Tail}
-}
+func (c Canonical) Begin() Pending { return begin(c.Head, c.Tail) }
 
 // Finish is the hash of the event whose predecessor's hash is prev (nil:
-// the first event). A Pending is finished once.
+// the first event). A Pending is finished once: Finish hands its state
+// back for another Begin, so neither p nor a copy of it may be finished
+// again.
 func (p Pending) Finish(prev *[sha256.Size]byte) [sha256.Size]byte {
+	s := p.s
 	if prev == nil {
-		p.h.Write([]byte("null"))
+		s.h.Write([]byte("null"))
 	} else {
-		var buf [2*sha256.Size + 2]byte
-		buf[0], buf[len(buf)-1] = '"', '"'
-		hex.Encode(buf[1:], prev[:])
-		p.h.Write(buf[:])
+		s.buf[0], s.buf[len(s.buf)-1] = '"', '"'
+		hex.Encode(s.buf[1:], prev[:])
+		s.h.Write(s.buf[:])
 	}
-	p.h.Write(p.tail)
-	var sum [sha256.Size]byte
-	p.h.Sum(sum[:0])
+	s.h.Write(s.tail)
+	sum := [sha256.Size]byte(s.h.Sum(s.sum[:0]))
+	hashers.Put(s)
 	return sum
 }
 
 // Valid says the hash is begun (the zero Pending is not).
-func (p Pending) Valid() bool { return p.h != nil }
+func (p Pending) Valid() bool { return p.s != nil }
 
 // CanonicalEvent is the canonical form of an event with these fields;
 // payload is its JSON. An empty actor is null (upstream's None).
@@ -92,7 +112,7 @@ func CanonicalEvent(eventID, eventType, actor, timestamp string, payload []byte)
 	if err := p.payload(); err != nil {
 		return Canonical{}, err
 	}
-	return p.event(nil, []byte(eventID), []byte(eventType), []byte(actor), []byte(timestamp)), nil
+	return p.event(nil, nil, []byte(eventID), []byte(eventType), []byte(actor), []byte(timestamp)), nil
 }
 
 // CanonicalEnvelope is the canonical form of the event in an envelope's
@@ -103,7 +123,7 @@ func CanonicalEnvelope(data []byte) (Canonical, error) {
 	if err := p.envelope(data); err != nil {
 		return Canonical{}, err
 	}
-	return p.event(nil, p.id, p.typ, p.actor, p.ts), nil
+	return p.event(nil, nil, p.id, p.typ, p.actor, p.ts), nil
 }
 
 // BeginEnvelope is CanonicalEnvelope(data).Begin(), without keeping the
@@ -114,10 +134,9 @@ func BeginEnvelope(data []byte) (Pending, error) {
 	if err := p.envelope(data); err != nil {
 		return Pending{}, err
 	}
-	p.head = p.event(p.head[:0], p.id, p.typ, p.actor, p.ts).Head
-	h := sha256.New()
-	h.Write(p.head)
-	return Pending{h: h, tail: p.tail}, nil
+	c := p.event(p.head[:0], p.tailBuf[:0], p.id, p.typ, p.actor, p.ts)
+	p.head, p.tailBuf = c.Head, c.Tail
+	return begin(c.Head, c.Tail), nil
 }
 
 // parsers keeps canonParsers, whose buffers make most canonical forms
@@ -126,7 +145,7 @@ var parsers = sync.Pool{New: func() any { return new(canonParser) }}
 
 func (p *canonParser) release() {
 	p.data, p.i, p.ms = nil, 0, p.ms[:0]
-	p.id, p.typ, p.actor, p.ts, p.tail = nil, nil, nil, nil, nil
+	p.id, p.typ, p.actor, p.ts = nil, nil, nil, nil
 	parsers.Put(p)
 }
 
@@ -194,8 +213,8 @@ func (p *canonParser) envelope(data []byte) error {
 }
 
 // event appends the Head of the event (its payload canonicalized in
-// p.canon) to head and sets its Tail.
-func (p *canonParser) event(head, id, typ, actor, ts []byte) Canonical {
+// p.canon) to head and its Tail to tail (nil: a new slice).
+func (p *canonParser) event(head, tail, id, typ, actor, ts []byte) Canonical {
 	if head == nil {
 		head = make([]byte, 0, len(p.canon)+len(id)+len(typ)+len(actor)+64)
 	}
@@ -212,12 +231,13 @@ func (p *canonParser) event(head, id, typ, actor, ts []byte) Canonical {
 	head = append(head, `,"payload":`...)
 	head = append(head, p.canon...)
 	head = append(head, `,"prev_hash":`...)
-	tail := make([]byte, 0, 56)
+	if tail == nil {
+		tail = make([]byte, 0, 56)
+	}
 	tail = append(tail, `,"timestamp":`...)
 	p.iso = appendIsoFormat(p.iso[:0], ts)
 	tail = appendPyString(tail, p.iso)
 	tail = append(tail, '}')
-	p.tail = tail
 	return Canonical{Head: head, Tail: tail}
 }
 
@@ -306,22 +326,68 @@ type canonParser struct {
 	// ms holds the members of the objects being read (each object's
 	// above the ones of the objects around it); bufs[d] their canonical
 	// values at depth d, until the object is written out sorted.
-	ms   []member
-	bufs [][]byte
+	ms    []member
+	order []int32 // sortMembers
+	bufs  [][]byte
 
 	// The envelope's fields (in data, or decoded), its payload
 	// canonicalized, and the buffers of the canonical form.
 	id, typ, actor, ts []byte
 	canon, head, iso   []byte
-	tail               []byte
+	tailBuf            []byte
 }
 
 // member is an object's member: its key (decoded) and its canonical value
 // at bufs[depth][vs:ve].
 type member struct {
 	key       []byte
-	printable bool // key is its own canonical form
+	pre       uint64 // keyPrefix(key)
+	printable bool   // key is its own canonical form
 	vs, ve    int
+}
+
+// keyPrefix is the first eight bytes of a key, big endian, zero-padded:
+// two keys whose prefixes differ compare as their prefixes do.
+func keyPrefix(k []byte) uint64 {
+	if len(k) >= 8 {
+		return binary.BigEndian.Uint64(k)
+	}
+	var b [8]byte
+	copy(b[:], k)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// compareKeys orders members by key as Python's sort does (by code point:
+// the order of their UTF-8).
+func compareKeys(x, y *member) int {
+	if x.pre != y.pre {
+		if x.pre < y.pre {
+			return -1
+		}
+		return 1
+	}
+	return bytes.Compare(x.key, y.key)
+}
+
+// sortMembers sets p.order to the indexes of ms sorted by key, stably.
+// Indexes move, not members: a member holds a pointer, and moving one
+// while the collector runs costs a write barrier.
+func (p *canonParser) sortMembers(ms []member) []int32 {
+	order := p.order[:0]
+	for i := range ms {
+		order = append(order, int32(i))
+	}
+	if len(order) <= 16 { // the usual payload: insertion sort, stable
+		for i := 1; i < len(order); i++ {
+			for j := i; j > 0 && compareKeys(&ms[order[j-1]], &ms[order[j]]) > 0; j-- {
+				order[j-1], order[j] = order[j], order[j-1]
+			}
+		}
+	} else {
+		slices.SortStableFunc(order, func(x, y int32) int { return compareKeys(&ms[x], &ms[y]) })
+	}
+	p.order = order
+	return order
 }
 
 func (p *canonParser) skip() {
@@ -392,12 +458,22 @@ func (p *canonParser) strBytes() (s []byte, printable bool, err error) {
 	}
 	start := p.i
 	plain, ascii := true, true
-	for p.i++; p.i < len(p.data); p.i++ {
-		c := p.data[p.i]
-		if strSafe[c] {
-			continue // the common case: printable ASCII other than '"' and '\\'
+	for p.i++; ; p.i++ {
+		// Eight bytes at a time over the common case: printable ASCII
+		// other than '"' and '\\'.
+		for p.i+8 <= len(p.data) {
+			if m := strUnsafe(binary.LittleEndian.Uint64(p.data[p.i:])); m != 0 {
+				p.i += bits.TrailingZeros64(m) / 8
+				break
+			}
+			p.i += 8
 		}
+		if p.i >= len(p.data) {
+			return nil, false, errCanonSyntax
+		}
+		c := p.data[p.i]
 		switch {
+		case strSafe[c]:
 		case c == '"':
 			p.i++
 			if plain {
@@ -418,7 +494,21 @@ func (p *canonParser) strBytes() (s []byte, printable bool, err error) {
 			ascii = false
 		}
 	}
-	return nil, false, errCanonSyntax
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// strUnsafe flags (with its high bit) the lowest byte of w, read little
+// endian, that strSafe does not mark: below ' ', '"', '\\', DEL or above.
+// Each test may also flag bytes above one it rightly flags, never below,
+// so the lowest flag is exact.
+func strUnsafe(w uint64) uint64 {
+	below := (w - ones*0x20) &^ w & highs
+	quote, bslash, del := w^(ones*'"'), w^(ones*'\\'), w^(ones*0x7f)
+	return below | (quote-ones)&^quote&highs | (bslash-ones)&^bslash&highs | (del-ones)&^del&highs | w&highs
 }
 
 // value appends the canonical form of the value at p.i to b (b nil: only
@@ -451,7 +541,7 @@ func (p *canonParser) value(b []byte, depth int) ([]byte, error) {
 				return err
 			}
 			p.bufs[depth+1] = v
-			p.ms = append(p.ms, member{key: key, printable: printable, vs: vs, ve: len(v)})
+			p.ms = append(p.ms, member{key: key, pre: keyPrefix(key), printable: printable, vs: vs, ve: len(v)})
 			return nil
 		})
 		if err != nil {
@@ -460,12 +550,13 @@ func (p *canonParser) value(b []byte, depth int) ([]byte, error) {
 		ms := p.ms[base:]
 		// Python sorts str keys by code point: the order of their UTF-8.
 		// A repeated key keeps its last value, as a dict does.
-		slices.SortStableFunc(ms, func(x, y member) int { return bytes.Compare(x.key, y.key) })
+		order := p.sortMembers(ms)
 		vals := p.bufs[depth+1]
 		b = append(b, '{')
 		first := true
-		for i, m := range ms {
-			if i+1 < len(ms) && bytes.Equal(m.key, ms[i+1].key) {
+		for i, k := range order {
+			m := &ms[k]
+			if i+1 < len(order) && bytes.Equal(m.key, ms[order[i+1]].key) {
 				continue
 			}
 			if !first {

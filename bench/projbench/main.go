@@ -112,6 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	out := fset.String("results", "bench/results.json", "results file (the projector key is replaced)")
 	replays := fset.Int("replays", 3, "replays timed, each after a NATS server restart; the median is reported")
 	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile of the last replay to this file (profiling slows that replay a little, and it counts in the median)")
+	memProfile := fset.String("memprofile", "", "write a heap profile of the last replay's graph to this file (what bytes_per_attempt measures)")
 	if err := fset.Parse(args); err != nil {
 		return err
 	}
@@ -262,6 +263,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	counts := g.Counts()
 	r.attempts = counts.Attempts
 	with, rssWith := memory()
+	if *memProfile != "" {
+		if err := writeHeapProfile(*memProfile); err != nil {
+			return err
+		}
+	}
 	runtime.KeepAlive(g)
 	g, p, cp = nil, nil, nil
 	without, rssWithout := memory()
@@ -636,6 +642,19 @@ func timeSummaryUnderReplay(ctx context.Context, st *stack, logger *slog.Logger,
 // once the runtime has returned every free page to the system (0 when it
 // cannot be read): what the process holds, without the garbage headroom
 // a running process also holds between collections.
+// writeHeapProfile writes the heap profile as of the last collection.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func memory() (heap, rss uint64) {
 	var m runtime.MemStats
 	for range 3 {

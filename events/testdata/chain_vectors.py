@@ -37,6 +37,14 @@ events = [
      "actor_id": "w", "payload": {"pr_url": "https://github.com/o/r/pull/7", "title": "caf\u00e9 \U0001F600 \"q\" \\ \n\t\x01\x7f", "n": -0, "big": 12345678901234567890}},
     {"event_id": "e-4", "event_type": "attempt.succeeded", "timestamp": "2026-01-15T10:00:03.000001",
      "actor_id": "w", "payload": {"nested": [{"b": 2, "a": 1}, [], {}], "dup": "last", "unicode_key_\u00e9": 1, "Z": 0}},
+    # More keys than an insertion sort takes, keys alike in their first
+    # eight bytes, and strings whose special bytes fall at every place of
+    # an eight-byte word.
+    {"event_id": "e-5", "event_type": "backlog.edited", "timestamp": "2026-01-15T10:00:04Z",
+     "actor_id": "backlog-edit", "payload": dict(
+        [("k%02d" % i, i) for i in range(19, -1, -1)] +
+        [("prefix_same_b", 1), ("prefix_same_a", 2), ("prefix_same_", 3), ("prefix_s", 4), ("prefix_same_\u00e9", 5), ("prefix_same\x00", 6)] +
+        [("s%d" % i, "abcdefghijklmnop"[:i] + c + "qrstuvwxyz") for i in range(9) for c in ["\"", "\\", "\x1f", "\x7f", "\u00e9"]][:45])},
 ]
 prev = None
 out = []
@@ -46,4 +54,6 @@ for e in events:
     prev = h
 # The payloads as JSON text too, spelled with a repeated key and spacing.
 out[3]["payload_json"] = '{ "dup": "first", "nested": [ {"b":2,"a":1}, [ ], { } ], "dup": "last", "unicode_key_\\u00e9": 1, "Z": 0 }'
+# The same payload with a key repeated: the last value counts.
+out[4]["payload_json"] = json.dumps(events[4]["payload"]).replace('"k19": 19', '"k19": "first", "k19": 19', 1)
 print(json.dumps(out, indent=1))

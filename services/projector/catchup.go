@@ -94,6 +94,18 @@ type span struct {
 	done    chan struct{}
 }
 
+// newItem appends an item to s.items for a message to be decoded into,
+// in place: an Item is large and full of pointers, and copying one in
+// while the collector runs costs a write barrier for each.
+func (s *span) newItem() *graph.Item {
+	if n := len(s.items); n < cap(s.items) {
+		s.items = s.items[:n+1] // Decode and DecodeEnvelope set all of it
+	} else {
+		s.items = append(s.items, graph.Item{})
+	}
+	return &s.items[len(s.items)-1]
+}
+
 // canCatchUp reports whether the catch-up with direct gets can read the
 // stream: it allows direct gets, holds only the subjects the ordered
 // consumer reads (direct gets read every message), and the server answers
@@ -378,10 +390,8 @@ func (f *fetcher) request(ctx context.Context, s *span, headers bool) (n int, la
 			if m.Header != nil {
 				return 0, 0, errors.New("direct get: headers in a response asked without them")
 			}
-			var it graph.Item
-			it.DecodeEnvelope(expect, m.Data)
+			s.newItem().DecodeEnvelope(expect, m.Data)
 			expect++
-			s.items = append(s.items, it)
 			continue
 		}
 		seqOf, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
@@ -394,9 +404,7 @@ func (f *fetcher) request(ctx context.Context, s *span, headers bool) (n int, la
 		}
 		subject := m.Header.Get(jetstream.SubjectHeader)
 		at, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
-		var it graph.Item
-		it.Decode(seqOf, subject, m.Data, at)
-		s.items = append(s.items, it)
+		s.newItem().Decode(seqOf, subject, m.Data, at)
 	}
 }
 

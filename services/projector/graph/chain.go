@@ -2,6 +2,7 @@ package graph
 
 import (
 	"crypto/sha256"
+	"math"
 	"sort"
 	"time"
 
@@ -26,6 +27,50 @@ type Hash = [sha256.Size]byte
 type Link struct {
 	Seq  uint64
 	Hash Hash
+}
+
+// linkChunk is how many links a chunk of the chain holds (160 KB). The
+// chain grows a chunk at a time: a link, once added, is never copied
+// again, and no chunk but the last has room to spare.
+const linkChunk = 4096
+
+// chain is the graph's links, in sequence order.
+type chain struct {
+	chunks [][]Link
+	n      int
+}
+
+func (c *chain) len() int { return c.n }
+
+func (c *chain) at(i int) *Link { return &c.chunks[i/linkChunk][i%linkChunk] }
+
+func (c *chain) add(l Link) {
+	if len(c.chunks) == 0 || len(c.chunks[len(c.chunks)-1]) == linkChunk {
+		var next []Link // the first chunk grows as a slice does (small graphs)
+		if len(c.chunks) > 0 {
+			next = make([]Link, 0, linkChunk)
+		}
+		c.chunks = append(c.chunks, next)
+	}
+	last := &c.chunks[len(c.chunks)-1]
+	*last = append(*last, l)
+	c.n++
+}
+
+// search is the index of the first link with a sequence at or above seq
+// (len when none).
+func (c *chain) search(seq uint64) int {
+	return sort.Search(c.n, func(i int) bool { return c.at(i).Seq >= seq })
+}
+
+// slice copies up to limit links from index i on.
+func (c *chain) slice(i, limit int) []Link {
+	j := min(c.n, i+max(limit, 0))
+	out := make([]Link, 0, max(j-i, 0))
+	for ; i < j; i++ {
+		out = append(out, *c.at(i))
+	}
+	return out
 }
 
 // canonicalize prepares r for the chain (record.chain), from the message
@@ -55,12 +100,12 @@ func (g *Graph) link(r *record) {
 		return
 	}
 	var prev *Hash
-	if n := len(g.links); n > 0 {
-		prev = &g.links[n-1].Hash
+	if n := g.links.len(); n > 0 {
+		prev = &g.links.at(n - 1).Hash
 	} else if g.chainStart != nil {
 		prev = g.chainStart
 	}
-	g.links = append(g.links, Link{Seq: r.seq, Hash: r.pending.Finish(prev)})
+	g.links.add(Link{Seq: r.seq, Hash: r.pending.Finish(prev)})
 	r.pending = events.Pending{}
 }
 
@@ -77,10 +122,10 @@ func (g *Graph) StartChain(prev Hash) {
 func (g *Graph) ChainHead() (l Link, n int, ok bool) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	if len(g.links) == 0 {
+	if n = g.links.len(); n == 0 {
 		return Link{}, 0, false
 	}
-	return g.links[len(g.links)-1], len(g.links), true
+	return *g.links.at(n - 1), n, true
 }
 
 // Links returns up to limit links with a sequence above after, oldest
@@ -88,8 +133,10 @@ func (g *Graph) ChainHead() (l Link, n int, ok bool) {
 func (g *Graph) Links(after uint64, limit int) []Link {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	i := sort.Search(len(g.links), func(i int) bool { return g.links[i].Seq > after })
-	return append([]Link(nil), g.links[i:min(len(g.links), i+max(limit, 0))]...)
+	if after == math.MaxUint64 {
+		return nil
+	}
+	return g.links.slice(g.links.search(after+1), limit)
 }
 
 // HashAt is the chain hash of the event at stream sequence seq.
@@ -100,9 +147,8 @@ func (g *Graph) HashAt(seq uint64) (Hash, bool) {
 }
 
 func (g *Graph) hashAtLocked(seq uint64) (Hash, bool) {
-	i := sort.Search(len(g.links), func(i int) bool { return g.links[i].Seq >= seq })
-	if i < len(g.links) && g.links[i].Seq == seq {
-		return g.links[i].Hash, true
+	if i := g.links.search(seq); i < g.links.len() && g.links.at(i).Seq == seq {
+		return g.links.at(i).Hash, true
 	}
 	return Hash{}, false
 }

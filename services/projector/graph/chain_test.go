@@ -154,3 +154,52 @@ func TestTopologySurvivesASnapshot(t *testing.T) {
 		t.Fatalf("restored topology %+v", got)
 	}
 }
+
+// TestChainAcrossChunks checks the chain's chunked storage where chunks
+// meet: every link is found by sequence and listed in order, from any
+// point, and a snapshot keeps them all.
+func TestChainAcrossChunks(t *testing.T) {
+	var envs []events.Envelope
+	for i := 0; len(envs) < 2*linkChunk+100; i++ {
+		envs = append(envs, eventgen.Attempt(i, eventgen.Succeeded)...)
+	}
+	g := New()
+	its := items(t, envs, 1)
+	for i := range its { // every other sequence: links are found by seq, not index
+		its[i].rec.seq = 2 * uint64(i+1)
+	}
+	g.ApplyItems(its, nil)
+	n := len(envs)
+	if head, count, ok := g.ChainHead(); !ok || count != n || head.Seq != 2*uint64(n) {
+		t.Fatalf("head %+v, %d links, %v; want %d links, the last at %d", head, count, ok, n, 2*n)
+	}
+	all := g.Links(0, n+10)
+	if len(all) != n {
+		t.Fatalf("%d links of %d", len(all), n)
+	}
+	for i, l := range all {
+		if l.Seq != 2*uint64(i+1) {
+			t.Fatalf("link %d at seq %d", i, l.Seq)
+		}
+		if h, ok := g.HashAt(l.Seq); !ok || h != l.Hash {
+			t.Fatalf("HashAt(%d) is not link %d", l.Seq, i)
+		}
+		if _, ok := g.HashAt(l.Seq - 1); ok {
+			t.Fatalf("HashAt(%d) found a link at a sequence without one", l.Seq-1)
+		}
+	}
+	for _, i := range []int{linkChunk - 2, linkChunk - 1, linkChunk, 2*linkChunk - 1} {
+		got := g.Links(all[i].Seq-1, 3)
+		if len(got) != 3 || got[0] != all[i] || got[2] != all[i+2] {
+			t.Fatalf("Links after %d: %+v, want links %d.. of the chain", all[i].Seq-1, got, i)
+		}
+	}
+	snap, _ := g.MarshalSnapshot(0)
+	back, _, err := UnmarshalSnapshot(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := FirstBreak(all, back.Links(0, n+10), 0, 2*uint64(n)); b != nil {
+		t.Fatalf("the snapshot's chain breaks at %d: %s", b.Seq, b)
+	}
+}

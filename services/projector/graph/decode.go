@@ -60,6 +60,7 @@ type fields struct {
 // decodeEnvelope fills r from an event envelope. It reports whether the
 // document was an envelope (it has an event_type and a payload object); a
 // bare request body is not, and is decoded with decodeBareRequest instead.
+// r is zero but for its seq.
 func decodeEnvelope(data []byte, r *record) (bool, error) {
 	var f fields
 	hasPayload := false
@@ -82,10 +83,13 @@ func decodeEnvelope(data []byte, r *record) (bool, error) {
 		case "target_id":
 			r.target, next, err = stringAt(data, i)
 		case "payload":
+			again := hasPayload
 			hasPayload = i < len(data) && data[i] == '{'
 			if hasPayload {
-				r.clearPayload()
-				f = fields{}
+				if again { // a repeated payload key: the last wins
+					r.clearPayload()
+					f = fields{}
+				}
 				return payloadAt(data, i, r, &f)
 			}
 			next, err = skipValue(data, i, 0)

@@ -97,7 +97,7 @@ type Graph struct {
 
 	// links is the hash chain, one link per event chained (chain.go);
 	// chainStart, when set, is the hash the first link follows.
-	links      []Link
+	links      chain
 	chainStart *Hash
 
 	// topo holds each target's topology events (topology.go).
@@ -106,6 +106,8 @@ type Graph struct {
 	// statuses counts the attempt records by status (0: none yet),
 	// indexed by the status symbol.
 	statuses []int
+
+	mem graphMemory // alloc.go
 }
 
 // StageFunc is told that an applied event ended stage of an attempt with
@@ -337,8 +339,8 @@ func (g *Graph) applyLocked(r *record, uid uuid.UUID, isUUID bool) bool {
 	if len(r.attempt) > 0 {
 		a = g.byAttempt[string(r.attempt)]
 		if a == nil {
-			// Eight steps is a whole successful attempt: one allocation.
-			a = &attempt{idx: int32(len(g.records)), id: string(r.attempt), created: r.ts, steps: make([]step, 0, 8)}
+			a = g.mem.attempts.new()
+			*a = attempt{idx: int32(len(g.records)), id: g.mem.strs.str(r.attempt), created: r.ts, steps: g.newSteps()}
 			g.byAttempt[a.id] = a
 			g.records = append(g.records, a)
 			g.countStatus(0, 1)
@@ -587,18 +589,18 @@ func (g *Graph) projectRecord(t events.Type, tgt sym, r *record) {
 		if tg != nil {
 			name = tg.name
 		}
-		k := taskKey{target: name, id: string(r.task)}
-		tk := g.byTask[k]
+		tk := g.byTask[taskKey{target: name, id: view(r.task)}]
 		if tk == nil {
-			tk = &task{idx: int32(len(g.tasks)), target: tg, id: k.id}
-			g.byTask[k] = tk
+			tk = g.mem.tasks.new()
+			*tk = task{idx: int32(len(g.tasks)), target: tg, id: g.mem.strs.str(r.task)}
+			g.byTask[taskKey{target: name, id: tk.id}] = tk
 			g.tasks = append(g.tasks, tk)
 			if tg != nil {
 				g.dependsOn++ // task → target
 			}
 		}
 		if tk.title == "" && len(r.prTitle) > 0 {
-			tk.title = string(r.prTitle)
+			tk.title = g.mem.strs.str(r.prTitle)
 		}
 	}
 }
@@ -627,7 +629,7 @@ func (g *Graph) project(a *attempt, t events.Type, tgt, typ sym, r *record) {
 	switch t {
 	case events.AttemptRequested:
 		if len(r.title) > 0 {
-			a.title = string(r.title)
+			a.title = g.mem.strs.str(r.title)
 		}
 		if tg := g.byTarget[tgt]; tg != nil && tg.repoURL == "" {
 			tg.repoURL = safeURL(r.repoURL)
@@ -712,11 +714,11 @@ func (g *Graph) materialize(a *attempt, tgt sym, r *record) {
 		if a.target != nil {
 			tg = a.target.name
 		}
-		k := taskKey{target: tg, id: string(r.task)}
-		tk := g.byTask[k]
+		tk := g.byTask[taskKey{target: tg, id: view(r.task)}]
 		if tk == nil {
-			tk = &task{idx: int32(len(g.tasks)), target: a.target, id: k.id}
-			g.byTask[k] = tk
+			tk = g.mem.tasks.new()
+			*tk = task{idx: int32(len(g.tasks)), target: a.target, id: g.mem.strs.str(r.task)}
+			g.byTask[taskKey{target: tg, id: tk.id}] = tk
 			g.tasks = append(g.tasks, tk)
 			if tk.target != nil {
 				g.dependsOn++ // task → target
@@ -728,7 +730,7 @@ func (g *Graph) materialize(a *attempt, tgt sym, r *record) {
 	if a.task != nil && a.task.title == "" {
 		switch {
 		case len(r.title) > 0:
-			a.task.title = string(r.title)
+			a.task.title = g.mem.strs.str(r.title)
 		case a.title != "":
 			a.task.title = a.title
 		}
@@ -756,14 +758,14 @@ func (g *Graph) linkCommit(a *attempt, sha, branch []byte) {
 	if a.target != nil {
 		tg = a.target.name
 	}
-	k := commitKey{target: tg, sha: string(sha)}
-	c := g.byCommit[k]
+	c := g.byCommit[commitKey{target: tg, sha: view(sha)}]
 	if c == nil {
-		c = &commit{idx: int32(len(g.commits)), target: a.target, sha: k.sha, branch: string(branch)}
-		g.byCommit[k] = c
+		c = g.mem.commits.new()
+		*c = commit{idx: int32(len(g.commits)), target: a.target, sha: g.mem.strs.str(sha), branch: g.mem.strs.str(branch)}
+		g.byCommit[commitKey{target: tg, sha: c.sha}] = c
 		g.commits = append(g.commits, c)
 	} else if c.branch == "" {
-		c.branch = string(branch)
+		c.branch = g.mem.strs.str(branch)
 	}
 	for _, have := range a.commits {
 		if have == c {
@@ -787,15 +789,16 @@ func (g *Graph) linkPull(a *attempt, r *record) {
 	k := pullKey{repo: g.syms.intern(repo), number: number}
 	p := g.byPull[k]
 	if p == nil {
-		p = &pull{idx: int32(len(g.pulls)), repo: k.repo, number: number}
+		p = g.mem.pulls.new()
+		*p = pull{idx: int32(len(g.pulls)), repo: k.repo, number: number}
 		if string(r.prURL) != derivedPullURL(g.syms.str(k.repo), number) {
-			p.url = string(r.prURL)
+			p.url = g.mem.strs.str(r.prURL)
 		}
 		g.byPull[k] = p
 		g.pulls = append(g.pulls, p)
 	}
 	if p.title == "" && len(r.prTitle) > 0 && events.Type(r.typ) == events.PRCreated {
-		p.title = string(r.prTitle)
+		p.title = g.mem.strs.str(r.prTitle)
 	}
 	if len(r.prState) > 0 {
 		p.state = g.syms.intern(r.prState)

@@ -181,9 +181,10 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 	} else {
 		w.uint(0)
 	}
-	w.uint(uint64(len(g.links)))
+	w.uint(uint64(g.links.len()))
 	var prevSeq uint64
-	for _, l := range g.links {
+	for i := range g.links.len() {
+		l := g.links.at(i)
 		w.uint(l.Seq - prevSeq)
 		w.buf = append(w.buf, l.Hash[:]...)
 		prevSeq = l.Seq
@@ -242,6 +243,7 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 		return nil, meta, fmt.Errorf("%w (%d, want %d)", errSnapshotVersion, v, SnapshotVersion)
 	}
 	g := New()
+	r.strs = &g.mem.strs
 	meta.StreamCreated = r.int()
 	meta.Seq = r.uint()
 	g.seq = meta.Seq
@@ -278,7 +280,8 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 	}
 	n = r.count(3)
 	for i := 0; i < n && r.err == nil; i++ {
-		t := &task{idx: int32(i), target: targetRef(), id: r.str(), title: r.str()}
+		t := g.mem.tasks.new()
+		*t = task{idx: int32(i), target: targetRef(), id: r.str(), title: r.str()}
 		g.tasks = append(g.tasks, t)
 		g.byTask[taskKey{target: nameOf(t.target), id: t.id}] = t
 		if t.target != nil {
@@ -287,26 +290,33 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 	}
 	n = r.count(3)
 	for i := 0; i < n && r.err == nil; i++ {
-		c := &commit{idx: int32(i), target: targetRef(), sha: r.str(), branch: r.str()}
+		c := g.mem.commits.new()
+		*c = commit{idx: int32(i), target: targetRef(), sha: r.str(), branch: r.str()}
 		g.commits = append(g.commits, c)
 		g.byCommit[commitKey{target: nameOf(c.target), sha: c.sha}] = c
 	}
 	n = r.count(5)
 	for i := 0; i < n && r.err == nil; i++ {
-		p := &pull{idx: int32(i), repo: symOf(), number: r.int(), url: r.str(), title: r.str(), state: symOf()}
+		p := g.mem.pulls.new()
+		*p = pull{idx: int32(i), repo: symOf(), number: r.int(), url: r.str(), title: r.str(), state: symOf()}
 		g.pulls = append(g.pulls, p)
 		g.byPull[pullKey{repo: p.repo, number: p.number}] = p
 	}
 	n = r.count(10)
 	for i := 0; i < n && r.err == nil; i++ {
-		a := &attempt{idx: int32(i), id: r.str(), target: targetRef()}
+		a := g.mem.attempts.new()
+		*a = attempt{idx: int32(i), id: r.str(), target: targetRef()}
 		if j, ok := r.ref(len(g.tasks)); ok {
 			a.task = g.tasks[j]
 			g.dependsOn++
 		}
 		a.status, a.created, a.updated, a.title, a.reason = symOf(), r.int(), r.int(), r.str(), r.str()
 		ns := r.count(4)
-		a.steps = make([]step, 0, ns)
+		if ns > stepsKept {
+			a.steps = make([]step, 0, ns)
+		} else {
+			a.steps = g.newSteps()
+		}
 		for k := 0; k < ns && r.err == nil; k++ {
 			a.steps = append(a.steps, step{seq: r.uint(), ts: r.int(), typ: symOf(), actor: symOf()})
 		}
@@ -411,12 +421,11 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 		r.fail("bad chain start")
 	}
 	n = r.count(1 + len(Hash{}))
-	g.links = make([]Link, 0, n)
 	var prevSeq uint64
 	for i := 0; i < n && r.err == nil; i++ {
 		l := Link{Seq: prevSeq + r.uint()}
 		copy(l.Hash[:], r.bytes(len(l.Hash)))
-		g.links = append(g.links, l)
+		g.links.add(l)
 		prevSeq = l.Seq
 	}
 	n = r.count(16)
@@ -470,8 +479,9 @@ func (w *writer) ref(ok bool, i int32) {
 // reader decodes what writer wrote. After the first error every read
 // returns a zero value, so decoding code checks r.err once per loop.
 type reader struct {
-	buf []byte
-	err error
+	buf  []byte
+	err  error
+	strs *strArena // where str keeps what it reads (nil: strings of their own)
 }
 
 func (r *reader) fail(what string) {
@@ -528,7 +538,10 @@ func (r *reader) str() string {
 		r.fail("truncated string")
 		return ""
 	}
-	return string(r.bytes(int(n)))
+	if r.strs == nil {
+		return string(r.bytes(int(n)))
+	}
+	return r.strs.str(r.bytes(int(n)))
 }
 
 // index reads a position below n; false (and the reader failed) for
