@@ -163,18 +163,6 @@ func TestWorkloadSelectors(t *testing.T) {
 	}
 }
 
-// containerPort finds a port of the pod by name or number.
-func containerPort(spec *corev1.PodSpec, port intstr.IntOrString) (corev1.ContainerPort, bool) {
-	for _, c := range spec.Containers {
-		for _, p := range c.Ports {
-			if (port.Type == intstr.String && p.Name == port.StrVal) || (port.Type == intstr.Int && p.ContainerPort == port.IntVal) {
-				return p, true
-			}
-		}
-	}
-	return corev1.ContainerPort{}, false
-}
-
 // TestServicesSelectWorkloads checks that every Service selects pods of some
 // workload, and that its target ports exist on every pod it selects.
 func TestServicesSelectWorkloads(t *testing.T) {
@@ -479,15 +467,6 @@ func TestSecurityAndResources(t *testing.T) {
 			}
 		})
 	}
-}
-
-// leviathanService returns the service a container runs (`run <service>`),
-// or "" for another command.
-func leviathanService(c corev1.Container) string {
-	if len(c.Args) >= 2 && c.Args[0] == "run" {
-		return c.Args[1]
-	}
-	return ""
 }
 
 // TestOneDeploymentPerService checks the shape of each overlay: one

@@ -197,13 +197,6 @@ func (r *rendered) workloads() []workload {
 	return ws
 }
 
-// selects reports whether a Service-style selector (labels that must all
-// be present) picks a pod. An empty selector picks nothing here: a Service
-// without one would need hand-made Endpoints.
-func selects(selector, podLabels map[string]string) bool {
-	return len(selector) > 0 && labels.SelectorFromSet(selector).Matches(labels.Set(podLabels))
-}
-
 // labelSelects is selects for a LabelSelector (matchLabels and
 // matchExpressions).
 func labelSelects(t *testing.T, sel *metav1.LabelSelector, podLabels map[string]string) bool {

@@ -1,4 +1,4 @@
-package deploy
+package podrun
 
 import (
 	"bytes"
@@ -18,10 +18,10 @@ import (
 	dc "github.com/ory/dockertest/v3/docker"
 )
 
-// dockerPool connects to the local Docker engine. Without one the test
+// DockerPool connects to the local Docker engine. Without one the test
 // fails (a skip would hide a broken set-up), unless LEVIATHAN_SKIP_DOCKER=1
 // says to skip it on purpose.
-func dockerPool(t *testing.T) *dockertest.Pool {
+func DockerPool(t testing.TB) *dockertest.Pool {
 	t.Helper()
 	pool, err := dockertest.NewPool("")
 	if err == nil {
@@ -36,32 +36,33 @@ func dockerPool(t *testing.T) *dockertest.Pool {
 	return pool
 }
 
-// testImages are the images the container tests run, built offline.
-type testImages struct {
-	// leviathan is deploy/Dockerfile.prebuilt around the static binary:
+// Images are the images the container tests run, built offline.
+type Images struct {
+	// Leviathan is deploy/Dockerfile.prebuilt around the static binary:
 	// the `runtime` target, FROM scratch.
-	leviathan string
-	// leviathanGit is the same plus the host's git, git-http-backend and a
+	Leviathan string
+	// LeviathanGit is the same plus the host's git, git-http-backend and a
 	// shell (copied with their shared libraries), standing in for the
 	// `runtime-git` target, whose Alpine base cannot be pulled here.
-	leviathanGit string
-	// nats is nats-server built from the module version of go.mod, standing
+	LeviathanGit string
+	// NATS is nats-server built from the module version of go.mod, standing
 	// in for the nats:<version>-alpine image of the manifests.
-	nats string
+	NATS string
 }
 
 var (
 	imagesOnce sync.Once
-	images     testImages
+	images     Images
 	imagesErr  error
 )
 
-// buildImages builds the test images once per test binary; t.Cleanup of
-// the first caller's test does not remove them (later tests share them),
-// so they are removed by removeImages at the end of the package's tests.
-func buildImages(t *testing.T, pool *dockertest.Pool) testImages {
+// BuildImages builds the test images once per test binary, from the
+// repository at root; t.Cleanup of the first caller's test does not
+// remove them (later tests share them), so the package's TestMain removes
+// them with RemoveImages.
+func BuildImages(t testing.TB, pool *dockertest.Pool, root string) Images {
 	t.Helper()
-	imagesOnce.Do(func() { images, imagesErr = doBuildImages(t, pool) })
+	imagesOnce.Do(func() { images, imagesErr = doBuildImages(pool, root) })
 	if imagesErr != nil {
 		t.Fatal(imagesErr)
 	}
@@ -70,13 +71,13 @@ func buildImages(t *testing.T, pool *dockertest.Pool) testImages {
 
 var builtImages []string
 
-func doBuildImages(t *testing.T, pool *dockertest.Pool) (testImages, error) {
+func doBuildImages(pool *dockertest.Pool, root string) (Images, error) {
 	dir, err := os.MkdirTemp("", "leviathan-images-")
 	if err != nil {
-		return testImages{}, err
+		return Images{}, err
 	}
 	defer os.RemoveAll(dir)
-	tag := "test-" + randomHex(4)
+	tag := "test-" + RandomHex(4)
 
 	// Both Go builds, in parallel: they are most of the time spent here.
 	var wg sync.WaitGroup
@@ -87,86 +88,79 @@ func doBuildImages(t *testing.T, pool *dockertest.Pool) (testImages, error) {
 	go func() {
 		defer wg.Done()
 		// The same build as tests/binary_test.go, so the two share the cache.
-		levErr = goBuild(lev, "./cmd/leviathan")
+		levErr = goBuild(root, lev, "./cmd/leviathan")
 	}()
 	go func() {
 		defer wg.Done()
-		natsErr = goBuild(natsBin, "github.com/nats-io/nats-server/v2")
+		natsErr = goBuild(root, natsBin, "github.com/nats-io/nats-server/v2")
 	}()
 	wg.Wait()
 	if levErr != nil || natsErr != nil {
-		return testImages{}, fmt.Errorf("go build: %v %v", levErr, natsErr)
+		return Images{}, fmt.Errorf("go build: %v %v", levErr, natsErr)
 	}
 	ca, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
 	if err != nil {
-		return testImages{}, fmt.Errorf("the host's CA bundle: %w", err)
+		return Images{}, fmt.Errorf("the host's CA bundle: %w", err)
 	}
 
 	// The layout deploy/Dockerfile.prebuilt documents.
 	plain := filepath.Join(dir, "plain")
 	if err := copyInto(plain, lev, "usr/local/bin/leviathan", 0o755); err != nil {
-		return testImages{}, err
+		return Images{}, err
 	}
 	if err := writeInto(plain, "etc/ssl/certs/ca-certificates.crt", ca, 0o644); err != nil {
-		return testImages{}, err
+		return Images{}, err
 	}
 	prebuilt, err := os.ReadFile(filepath.Join(root, "deploy", "Dockerfile.prebuilt"))
 	if err != nil {
-		return testImages{}, err
+		return Images{}, err
 	}
-	var out testImages
-	if out.leviathan, err = dockerBuild(pool, plain, prebuilt, "leviathan-test:"+tag); err != nil {
-		return testImages{}, err
+	var out Images
+	if out.Leviathan, err = dockerBuild(pool, plain, prebuilt, "leviathan-test:"+tag); err != nil {
+		return Images{}, err
 	}
 
 	withGit := filepath.Join(dir, "git")
 	if err := copyTree(filepath.Join(plain, "rootfs"), filepath.Join(withGit, "rootfs")); err != nil {
-		return testImages{}, err
+		return Images{}, err
 	}
 	if err := addHostGit(filepath.Join(withGit, "rootfs")); err != nil {
-		return testImages{}, err
+		return Images{}, err
 	}
-	if out.leviathanGit, err = dockerBuild(pool, withGit, prebuilt, "leviathan-git-test:"+tag); err != nil {
-		return testImages{}, err
+	if out.LeviathanGit, err = dockerBuild(pool, withGit, prebuilt, "leviathan-git-test:"+tag); err != nil {
+		return Images{}, err
 	}
 
 	natsDir := filepath.Join(dir, "nats")
 	if err := copyInto(natsDir, natsBin, "usr/local/bin/nats-server", 0o755); err != nil {
-		return testImages{}, err
+		return Images{}, err
 	}
 	natsDockerfile := []byte("FROM scratch\nCOPY rootfs/ /\nENV PATH=/usr/local/bin\nENTRYPOINT [\"nats-server\"]\n")
-	if out.nats, err = dockerBuild(pool, natsDir, natsDockerfile, "nats-test:"+tag); err != nil {
-		return testImages{}, err
+	if out.NATS, err = dockerBuild(pool, natsDir, natsDockerfile, "nats-test:"+tag); err != nil {
+		return Images{}, err
 	}
 	return out, nil
 }
 
-// removeImages removes what buildImages built.
-func removeImages(pool *dockertest.Pool) {
+// RemoveImages removes what BuildImages built.
+func RemoveImages(pool *dockertest.Pool) {
 	for _, img := range builtImages {
 		_ = pool.Client.RemoveImageExtended(img, dc.RemoveImageOptions{Force: true})
 	}
 }
 
-// TestMain removes the built images after all tests.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if len(builtImages) > 0 {
-		if pool, err := dockertest.NewPool(""); err == nil {
-			removeImages(pool)
-		}
-	}
-	os.Exit(code)
-}
+// Built reports whether BuildImages built anything (for TestMain).
+func Built() bool { return len(builtImages) > 0 }
 
-func randomHex(n int) string {
+// RandomHex is n random bytes in hex: names that do not collide.
+func RandomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
 // goBuild builds a static binary from the repository root.
-func goBuild(out, pkg string) error {
+func goBuild(root, out, pkg string) error {
 	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
