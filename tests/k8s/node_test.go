@@ -11,8 +11,9 @@ import (
 // node is the first part of the node agent: a Node the control plane
 // believes in. It registers the Node, reports it Ready with capacity, and
 // renews its Lease (kube-node-lease) as a kubelet does, so that the node
-// lifecycle controller keeps it Ready and the scheduler binds pods to it.
-// Running the pods bound to it is not done yet.
+// lifecycle controller keeps it Ready and the scheduler binds pods to it;
+// and it provisions a volume for each pending claim. The agent
+// (agent_test.go) runs the pods bound to it.
 type node struct {
 	c    *controlPlane
 	name string
@@ -117,47 +118,5 @@ spec:
       - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [%[6]s]}]
 `, f[0], f[1], f[2], f[3], class, n.name)
 		_, _ = n.c.kubectlIn([]byte(pv), "apply", "--server-side", "-f", "-")
-	}
-}
-
-// TestSchedulerBindsToTheNode: with a Ready node registered, the scheduler
-// binds every pod of the dev overlay to it, those with volume claims
-// too (they pass its resource, taint and volume checks), and the node
-// stays Ready: its Lease is renewed.
-func TestSchedulerBindsToTheNode(t *testing.T) {
-	c := startControlPlane(t)
-	registerNode(t, c, "node-1")
-	if out, err := c.kubectlIn(render(t, "dev"), "apply", "--server-side", "--field-manager", "leviathan-test", "-f", "-"); err != nil {
-		t.Fatalf("apply dev: %v\n%s", err, out)
-	}
-	workloads := strings.Fields(c.kubectl("get", "deployments,statefulsets,jobs", "-n", "leviathan", "-o", "jsonpath={.items[*].metadata.name}"))
-	c.waitFor("a pod of every workload bound to node-1", 2*time.Minute, func() error {
-		out := c.kubectl("get", "pods", "-n", "leviathan", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}")
-		for _, d := range workloads {
-			bound := false
-			for _, line := range strings.Split(out, "\n") {
-				if name, nodeName, _ := strings.Cut(line, " "); strings.HasPrefix(name, d+"-") && nodeName == "node-1" {
-					bound = true
-				}
-			}
-			if !bound {
-				return &notYet{"no pod of " + d + " bound yet:\n" + out}
-			}
-		}
-		return nil
-	})
-	// The heartbeats go on: the Lease is renewed again, and the node is
-	// still Ready and untainted (the node lifecycle controller taints a
-	// node whose Lease lapses).
-	renewed := c.kubectl("get", "lease", "node-1", "-n", "kube-node-lease", "-o", "jsonpath={.spec.renewTime}")
-	c.waitFor("the Lease renewed", time.Minute, func() error {
-		if now := c.kubectl("get", "lease", "node-1", "-n", "kube-node-lease", "-o", "jsonpath={.spec.renewTime}"); now == renewed {
-			return &notYet{"renewTime still " + now}
-		}
-		return nil
-	})
-	ready := c.kubectl("get", "node", "node-1", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints}")
-	if !strings.HasPrefix(ready, "True") || strings.Contains(ready, "unreachable") || strings.Contains(ready, "not-ready") {
-		t.Fatalf("node-1: %s", ready)
 	}
 }
