@@ -120,3 +120,63 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+// TestSetupRetriesARequestNobodyAnswers: a JetStream request that gets no
+// answer (a cluster drops it during a leader election) costs one try, not
+// the whole set-up's time. The server here has no JetStream of its own: a
+// client answers its API by passing each request on to a JetStream
+// server, except the first, which it drops.
+func TestSetupRetriesARequestNobodyAnswers(t *testing.T) {
+	front, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go front.Start()
+	if !front.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server not ready")
+	}
+	t.Cleanup(front.Shutdown)
+	const user, pass = "leviathan", "p"
+	back := authServer(t, user, pass)
+	bnc, err := nats.Connect(back.ClientURL(), nats.UserInfo(user, pass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bnc.Close()
+	fnc, err := nats.Connect(front.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fnc.Close()
+	dropped := make(chan string, 1)
+	first := true
+	sub, err := fnc.Subscribe("$JS.API.>", func(m *nats.Msg) {
+		if first {
+			first = false
+			dropped <- m.Subject
+			return
+		}
+		resp, err := bnc.Request(m.Subject, m.Data, 10*time.Second)
+		if err == nil {
+			_ = m.Respond(resp.Data)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	began := time.Now()
+	err = run(ctx, []string{"setup", "--timeout", "40s", "--try-timeout", "2s"}, env(map[string]string{"NATS_URL": front.ClientURL()}), &out, &out)
+	if err != nil || !strings.Contains(out.String(), "set up: stream LEVIATHAN_EVENTS") {
+		t.Fatalf("setup after %v: %v\n%s", time.Since(began), err, out.String())
+	}
+	t.Logf("dropped %s; set up in %v", <-dropped, time.Since(began).Round(time.Millisecond))
+	js, _ := jetstream.New(bnc)
+	if _, err := js.Stream(ctx, "LEVIATHAN_EVENTS"); err != nil {
+		t.Fatalf("the stream is not on the JetStream server: %v", err)
+	}
+}

@@ -110,6 +110,7 @@ func cmdSetup(ctx context.Context, args []string, env environment, stdout, stder
 	fs.SetOutput(stderr)
 	url := fs.String("nats-url", env.NATSURL, "NATS server URL (env NATS_URL)")
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to keep trying while NATS is not reachable or has no JetStream leader")
+	tryTimeout := fs.Duration("try-timeout", 20*time.Second, "how long one try may take before it is abandoned and made again (a JetStream request a cluster dropped, during a leader election say, gets no answer)")
 	if err := fs.Parse(args); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
@@ -130,11 +131,14 @@ func cmdSetup(ctx context.Context, args []string, env environment, stdout, stder
 	// The connection is retried as the set-up is: the Job may start
 	// before NATS, or while a busy server is slow to greet it.
 	for delay := 250 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+		err = nil // each try starts afresh
 		if nc == nil {
 			nc, js, err = stack.Dial(*url, "setup", env.natsOptions()...)
 		}
 		if err == nil {
-			err = stack.Setup(ctx, js, replicas, logger)
+			tctx, tcancel := context.WithTimeout(ctx, *tryTimeout)
+			err = stack.Setup(tctx, js, replicas, logger)
+			tcancel()
 		}
 		if err == nil || ctx.Err() != nil {
 			break
