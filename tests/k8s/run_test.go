@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -25,7 +26,7 @@ func TestDevOverlayRunsOnTheNode(t *testing.T) {
 	n := registerNode(t, c, "node-1")
 	a := startAgent(t, n, nil)
 	began := time.Now()
-	if out, err := c.kubectlIn(render(t, "dev"), "apply", "--server-side", "--field-manager", "leviathan-test", "-f", "-"); err != nil {
+	if out, err := c.applyOverlay(t, "dev"); err != nil {
 		t.Fatalf("apply dev: %v\n%s", err, out)
 	}
 	renewed := c.kubectl("get", "lease", "node-1", "-n", "kube-node-lease", "-o", "jsonpath={.spec.renewTime}")
@@ -120,7 +121,7 @@ func TestProdNATSOnTheNode(t *testing.T) {
 	n := registerNode(t, c, "node-1")
 	a := startAgent(t, n, func(p *corev1.Pod) bool { return p.Labels["app.kubernetes.io/name"] == "nats" })
 	manifests := render(t, "prod")
-	if out, err := c.kubectlIn(manifests, "apply", "--server-side", "--field-manager", "leviathan-test", "-f", "-"); err != nil {
+	if out, err := c.applyOverlay(t, "prod"); err != nil {
 		t.Fatalf("apply prod: %v\n%s", err, out)
 	}
 	// The Secrets the prod overlay refers to and does not define
@@ -182,6 +183,12 @@ func TestProdNATSOnTheNode(t *testing.T) {
 		t.Fatalf("prod: %d PodDisruptionBudgets, %d NetworkPolicies", len(pdbs), len(nps))
 	}
 	t.Logf("prod: NATS 3/3 ready and routed to each other; %d PodDisruptionBudgets and %d NetworkPolicies accepted", len(pdbs), len(nps))
+}
+
+// applyOverlay applies an overlay as skaffold dev does through kubectl:
+// `kubectl apply -k`, server-side.
+func (c *controlPlane) applyOverlay(t *testing.T, overlay string) (string, error) {
+	return c.kubectlErr("apply", "--server-side", "--field-manager", "leviathan-test", "-k", filepath.Join(repoRoot(t), "deploy", "overlays", overlay))
 }
 
 // secretValue reads a key of a Secret.
