@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
@@ -178,13 +179,45 @@ func (s *Service) Submit(ctx context.Context, body []byte, actor string) events.
 		return events.SubmitResponse{Error: err.Error()}
 	}
 	data, _ := json.Marshal(env)
-	ack, err := s.res.JS.Publish(ctx, env.Subject(), data, jetstream.WithMsgID(env.EventID))
+	ack, retried, err := s.publishRequest(ctx, env.Subject(), data, env.EventID)
 	if err != nil {
 		return events.SubmitResponse{AttemptID: req.AttemptID, Error: "publish: " + err.Error()}
 	}
 	status := "accepted"
-	if ack.Duplicate {
+	if ack.Duplicate && !retried {
+		// A retry's duplicate is this request's own earlier try, stored
+		// though its answer was lost.
 		status = "duplicate"
 	}
 	return events.SubmitResponse{AttemptID: req.AttemptID, Status: status}
+}
+
+// SubmitRetryFor is how long Submit keeps trying a publish the stream does
+// not answer (no responders while its leader moves, or no answer in
+// time) before it answers with the error: less than the 5 s a user's
+// `nats req` waits by default. The message id (the request's event id)
+// makes a retry of a publish that was stored a duplicate, not a second
+// request.
+const SubmitRetryFor = 4 * time.Second
+
+// publishRequest publishes a request, retrying while the stream is not
+// answering; retried says whether more than one try was made.
+func (s *Service) publishRequest(ctx context.Context, subject string, data []byte, msgID string) (ack *jetstream.PubAck, retried bool, err error) {
+	giveUp := time.Now().Add(SubmitRetryFor)
+	for try, delay := 0, 100*time.Millisecond; ; try, delay = try+1, min(2*delay, time.Second) {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		ack, err = s.res.JS.Publish(pctx, subject, data, jetstream.WithMsgID(msgID))
+		cancel()
+		transient := errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
+			errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		if err == nil || !transient || ctx.Err() != nil || time.Now().Add(delay).After(giveUp) {
+			return ack, try > 0, err
+		}
+		s.cfg.Logger.Warn("submit: the stream did not answer; retrying", "subject", subject, "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return nil, try > 0, err
+		case <-time.After(delay):
+		}
+	}
 }

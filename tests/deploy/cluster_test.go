@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -410,17 +411,23 @@ func (c *cluster) natsCLI(bin string, args ...string) string {
 }
 
 // submit sends a request to leviathan.api.submit, retrying while the
-// cluster is not answering (a fault may be under way).
+// cluster is not answering (a fault may be under way): no answer, or an
+// answer that names no field (the stream did not answer clone in time),
+// as a user would. A refusal of a field fails the test.
 func (c *cluster) submit(body []byte) {
 	c.t.Helper()
 	for try := 0; ; try++ {
 		msg, err := c.client.Request("leviathan.api.submit", body, 10*time.Second)
 		if err == nil {
 			var resp events.SubmitResponse
-			if err = json.Unmarshal(msg.Data, &resp); err == nil && resp.Error != "" && resp.Field != "attempt_id" {
+			err = json.Unmarshal(msg.Data, &resp)
+			switch {
+			case err != nil:
+			case resp.Error != "" && resp.Field == "":
+				err = errors.New(resp.Error)
+			case resp.Error != "" && resp.Field != "attempt_id":
 				c.t.Fatalf("submit refused: %s: %s", resp.Field, resp.Error)
-			}
-			if err == nil {
+			default:
 				return
 			}
 		}
