@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"regexp"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -464,16 +463,4 @@ func (s *statusWriter) terminated(c corev1.Container, code int, reason, message 
 	s.write(phase, false, corev1.ContainerStatus{Name: c.Name, Image: c.Image, RestartCount: restarts,
 		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason,
 			Message: lastLines(message, 5), StartedAt: s.started, FinishedAt: now}}}, "")
-}
-
-// podNames lists the names of a namespace's pods whose name starts with
-// prefix.
-func (c *controlPlane) podNames(namespace, prefix string) []string {
-	var out []string
-	for _, n := range strings.Fields(c.kubectl("get", "pods", "-n", namespace, "-o", "jsonpath={.items[*].metadata.name}")) {
-		if strings.HasPrefix(n, prefix) {
-			out = append(out, n)
-		}
-	}
-	return out
 }
