@@ -14,6 +14,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ory/dockertest/v3"
+
+	"github.com/leviathan-dev/leviathan/tests/internal/podrun"
 )
 
 func TestMain(m *testing.M) {
@@ -22,7 +26,13 @@ func TestMain(m *testing.M) {
 		// build the first time. `make test-k8s` sets the variable.
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if podrun.Built() { // the node agent's test images
+		if pool, err := dockertest.NewPool(""); err == nil {
+			podrun.RemoveImages(pool)
+		}
+	}
+	os.Exit(code)
 }
 
 // repoRoot is the repository's root (this file is tests/k8s/).
