@@ -195,9 +195,9 @@ func (s *Service) Submit(ctx context.Context, body []byte, actor string) events.
 // SubmitRetryFor is how long Submit keeps trying a publish the stream does
 // not answer (no responders while its leader moves, or no answer in
 // time) before it answers with the error: less than the 5 s a user's
-// `nats req` waits by default. The message id (the request's event id)
-// makes a retry of a publish that was stored a duplicate, not a second
-// request.
+// `nats req` waits by default; each try waits up to 2 s for its answer.
+// The message id (the request's event id) makes a retry of a publish that
+// was stored a duplicate, not a second request.
 const SubmitRetryFor = 4 * time.Second
 
 // publishRequest publishes a request, retrying while the stream is not
@@ -205,7 +205,7 @@ const SubmitRetryFor = 4 * time.Second
 func (s *Service) publishRequest(ctx context.Context, subject string, data []byte, msgID string) (ack *jetstream.PubAck, retried bool, err error) {
 	giveUp := time.Now().Add(SubmitRetryFor)
 	for try, delay := 0, 100*time.Millisecond; ; try, delay = try+1, min(2*delay, time.Second) {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second) // a busy cluster's answer takes a while
 		ack, err = s.res.JS.Publish(pctx, subject, data, jetstream.WithMsgID(msgID))
 		cancel()
 		transient := errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
