@@ -16,10 +16,16 @@ import (
 // as the Kubernetes deployment's NATS does.
 func authServer(t *testing.T, user, pass string) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
+	return startServer(t, &server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
 		Username: user, Password: pass, NoSigs: true,
 	})
+}
+
+// startServer starts an embedded NATS server that stops when the test ends.
+func startServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,15 +133,7 @@ func errString(err error) string {
 // client answers its API by passing each request on to a JetStream
 // server, except the first, which it drops.
 func TestSetupRetriesARequestNobodyAnswers(t *testing.T) {
-	front, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go front.Start()
-	if !front.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS server not ready")
-	}
-	t.Cleanup(front.Shutdown)
+	front := startServer(t, &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true})
 	const user, pass = "leviathan", "p"
 	back := authServer(t, user, pass)
 	bnc, err := nats.Connect(back.ClientURL(), nats.UserInfo(user, pass))

@@ -130,8 +130,8 @@ func startCluster(t *testing.T) *cluster {
 	k.createProdSecrets()
 	// One token for localforge, the git pushes and the PR API, as one
 	// GitHub token would serve all three.
-	k.secrets["leviathan-forge"]["token"] = k.secrets["leviathan-git"]["token"]
-	c := &cluster{t: t, k: k, r: r, secrets: k.secrets}
+	k.run.Secrets["leviathan-forge"]["token"] = k.run.Secrets["leviathan-git"]["token"]
+	c := &cluster{t: t, k: k, r: r, secrets: k.run.Secrets}
 
 	ns, ok := r.workload("StatefulSet", "nats")
 	if !ok || ns.replicas != 3 {

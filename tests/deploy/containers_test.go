@@ -91,14 +91,14 @@ func TestDevOverlayRunsInDocker(t *testing.T) {
 // create, with random values (the git user name as GitHub wants it).
 func (k *kubelet) createProdSecrets() {
 	k.t.Helper()
-	k.secrets = map[string]map[string]string{}
+	k.run.Secrets = map[string]map[string]string{}
 	for name, keys := range documentedSecrets(k.t) {
-		k.secrets[name] = map[string]string{}
+		k.run.Secrets[name] = map[string]string{}
 		for _, key := range keys {
-			k.secrets[name][key] = key + "-" + randomHex(8)
+			k.run.Secrets[name][key] = key + "-" + randomHex(8)
 		}
 	}
-	k.secrets["leviathan-git"]["username"] = "x-access-token"
+	k.run.Secrets["leviathan-git"]["username"] = "x-access-token"
 }
 
 // runSetup runs the overlay's set-up Job to completion, as Kubernetes

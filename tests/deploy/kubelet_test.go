@@ -20,10 +20,9 @@ type kubelet struct {
 	pool    *dockertest.Pool
 	r       *rendered
 	network *dockertest.Network
-	run     *podrun.Kubelet
-	// secrets supplies the values of Secrets an overlay documents but does
-	// not define (prod): name → key → value.
-	secrets map[string]map[string]string
+	// run runs the pods; run.Secrets supplies the values of Secrets an
+	// overlay documents but does not define (prod).
+	run *podrun.Kubelet
 }
 
 // pod is one running pod: its main container.
@@ -75,10 +74,7 @@ func (k *kubelet) podOf(w workload, podName string) podrun.Pod {
 		Subdomain: w.serviceName, Claims: w.claims}
 }
 
-func (k *kubelet) secretValue(name, key string) (string, bool) {
-	k.run.Secrets = k.secrets
-	return k.run.SecretValue(name, key)
-}
+func (k *kubelet) secretValue(name, key string) (string, bool) { return k.run.SecretValue(name, key) }
 
 // aliases are the DNS names of the pod podName of w.
 func (k *kubelet) aliases(podName string, w workload) []string {
@@ -96,7 +92,6 @@ func (k *kubelet) wait(id string, timeout time.Duration) (int, error) { return k
 func (k *kubelet) start(w workload, podName string) *pod {
 	t := k.t
 	t.Helper()
-	k.run.Secrets = k.secrets
 	p := k.podOf(w, podName)
 	if err := k.run.RunInit(p, time.Minute); err != nil {
 		t.Fatal(err)

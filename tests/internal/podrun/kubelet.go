@@ -15,7 +15,6 @@ package podrun
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -449,9 +448,6 @@ func Probe(r *Running, probe *corev1.Probe) error {
 	return nil
 }
 
-// ErrExited is why a pod never became ready: its container ended.
-var ErrExited = errors.New("the container exited")
-
 // WaitReady probes the pod as a kubelet does: the startup probe until it
 // answers 200, then the readiness probe; once ready, the liveness probe
 // must answer 200 too.
@@ -469,7 +465,7 @@ func (k *Kubelet) WaitReady(r *Running, timeout time.Duration) error {
 			}
 			info, ierr := k.Pool.Client.InspectContainer(r.Container.ID)
 			if ierr == nil && !info.State.Running {
-				return fmt.Errorf("%s (%s): %w with %d before %s answered\n%s", r.Pod, r.Pod.Name, ErrExited, info.State.ExitCode, probe.HTTPGet.Path, k.Logs(r.Container.ID))
+				return fmt.Errorf("%s (%s): the container exited with %d before %s answered\n%s", r.Pod, r.Pod.Name, info.State.ExitCode, probe.HTTPGet.Path, k.Logs(r.Container.ID))
 			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s (%s): %s not ready after %v: %v\n%s", r.Pod, r.Pod.Name, probe.HTTPGet.Path, timeout, err, k.Logs(r.Container.ID))
