@@ -57,19 +57,24 @@ func (p *proc) start(t *testing.T, bin string) {
 	cmd := exec.Command(bin, p.args...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = &p.out, &p.out
+	// Its own process group, so a kill takes its children too, as the end
+	// of a container would: localforge's git http-backend children would
+	// otherwise live on, holding the output pipe and with it cmd.Wait.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)
 	}
 	p.cmd = cmd
 }
 
-// kill sends SIGKILL and reaps the process.
+// kill sends SIGKILL to the process and its children, and reaps it.
 func (p *proc) kill() {
 	p.mu.Lock()
 	cmd := p.cmd
 	p.mu.Unlock()
 	if cmd != nil {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Wait()
 	}
 }
@@ -86,9 +91,9 @@ func (p *proc) stop() {
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
 		}
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // and what it left
+		<-done
 	}
 }
 
