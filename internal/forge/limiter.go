@@ -76,6 +76,22 @@ type Turns interface {
 	Take(ctx context.Context, wait time.Duration) (done func(hold time.Duration), err error)
 }
 
+// Pauser is Turns that also share a rate limit's pause: whatever call of
+// one process meets a rate limit, read or write, every process sharing the
+// turns holds all its calls at once instead of learning of the limit from
+// its own next refusal.
+type Pauser interface {
+	// Pause holds every sharer's calls for d, timed by this process's clock.
+	Pause(d time.Duration)
+	// Paused reports whether another process's pause is on.
+	Paused(ctx context.Context) bool
+}
+
+// pausedRecheck is how long a call waits when another process has paused
+// the account, before it looks again: the pause's holder alone knows its
+// length.
+const pausedRecheck = time.Second
+
 // MaxTurn bounds RequestTimeout plus MinInterval when Turns is set. A
 // Turns implementation keeps a turn while its holder lives (stage.Turns
 // renews it), however long it is held, and lets it lapse soon after the
@@ -92,7 +108,7 @@ func mutating(method string) bool {
 }
 
 func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := l.held(); err != nil {
+	if err := l.held(req.Context()); err != nil {
 		closeBody(req)
 		return nil, err
 	}
@@ -134,6 +150,9 @@ func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
 			l.holdUntil = until
 		}
 		l.mu.Unlock()
+		if p, ok := l.turns.(Pauser); ok {
+			p.Pause(wait)
+		}
 		cancel()
 		return nil, &RetryError{After: wait, Err: fmt.Errorf("%w: HTTP %d on %s %s", ErrRateLimited, resp.StatusCode, req.Method, req.URL.Path)}
 	}
@@ -148,12 +167,17 @@ func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// held returns a RetryError while the forge's last rate limit lasts.
-func (l *limiter) held() error {
+// held returns a RetryError while the forge's last rate limit lasts, met
+// here or by another process sharing the turns.
+func (l *limiter) held(ctx context.Context) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if wait := l.holdUntil.Sub(l.now()); wait > 0 {
+	wait := l.holdUntil.Sub(l.now())
+	l.mu.Unlock()
+	if wait > 0 {
 		return &RetryError{After: wait, Err: fmt.Errorf("%w: holding all calls with this token", ErrRateLimited)}
+	}
+	if p, ok := l.turns.(Pauser); ok && p.Paused(ctx) {
+		return &RetryError{After: pausedRecheck, Err: fmt.Errorf("%w: another replica met a rate limit; holding all calls with this token", ErrRateLimited)}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/leviathan-dev/leviathan/events"
+	"github.com/leviathan-dev/leviathan/internal/forge"
 	"github.com/leviathan-dev/leviathan/internal/policy"
 	"github.com/leviathan-dev/leviathan/services/localforge"
 )
@@ -168,5 +170,67 @@ func assertPaced(t *testing.T, s *Stack, interval time.Duration) {
 	}
 	if len(creates) < 2 {
 		t.Errorf("%d creates in the journal", len(creates))
+	}
+}
+
+// TestRateLimitPausesEveryReplica: a rate limit that one replica's read
+// meets holds the other replica's calls at once, through the shared
+// state, without a request of its own reaching the forge; the pause ends
+// when the wait it was told ends, and a pause whose holder stops renewing
+// lapses for the others.
+func TestRateLimitPausesEveryReplica(t *testing.T) {
+	s := startTestStackWith(t, StackConfig{Forge: testForge}, nil)
+	ctx := context.Background()
+	if err := s.Forge().CreateRepo(ctx, "o", "paused", "main", map[string][]byte{events.BacklogPath: []byte("tasks: []\n")}); err != nil {
+		t.Fatal(err)
+	}
+	repo := s.Forge().CloneURL("o", "paused")
+	driver := func(holder string) *forge.GitHub {
+		d, err := forge.NewGitHub(forge.GitHubConfig{Token: s.cfg.ForgeToken, BaseURL: s.ForgeURL + "/api/v3/",
+			Turns: s.deps.res.Turns("forge/paused-test", holder)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	a, b := driver("replica a"), driver("replica b")
+	lists := func() (n int) {
+		for _, r := range s.Forge().Requests() {
+			if r.Method == "GET" && strings.HasSuffix(r.Path, "/repos/o/paused/pulls") {
+				n++
+			}
+		}
+		return n
+	}
+
+	s.Forge().InjectFault(localforge.Fault{Method: "GET", Path: "/repos/o/paused/pulls", Status: 429, RetryAfter: 2 * time.Second})
+	var re *forge.RetryError
+	if _, err := a.OpenPRs(ctx, repo); !errors.As(err, &re) || !errors.Is(err, forge.ErrRateLimited) {
+		t.Fatalf("replica a's list under a 429: %v", err)
+	}
+	paused := time.Now()
+	before := lists()
+	if _, err := b.OpenPRs(ctx, repo); !errors.As(err, &re) || !errors.Is(err, forge.ErrRateLimited) {
+		t.Fatalf("replica b's list while a is paused: %v, want a rate-limit wait", err)
+	}
+	if n := lists(); n != before {
+		t.Fatalf("replica b reached the forge %d times during a's pause", n-before)
+	}
+	// Once a's wait has passed, both call again.
+	for {
+		_, err := b.OpenPRs(ctx, repo)
+		if err == nil {
+			break
+		}
+		if !errors.As(err, &re) {
+			t.Fatalf("replica b after the pause: %v", err)
+		}
+		time.Sleep(re.After)
+	}
+	if waited := time.Since(paused); waited < 1500*time.Millisecond {
+		t.Fatalf("replica b called again %v after a's 2 s pause began", waited)
+	}
+	if _, err := a.OpenPRs(ctx, repo); err != nil {
+		t.Fatalf("replica a after its pause: %v", err)
 	}
 }

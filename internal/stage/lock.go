@@ -43,7 +43,7 @@ const lockRecheck = time.Second
 // as soon as it is deleted. A holder that dies stops renewing, and the
 // bucket drops the key within LockTTL.
 func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Duration) (unlock func(), err error) {
-	key := "lock." + hex.EncodeToString([]byte(name)) // any name is a valid key
+	key := lockKey(name)
 	// The value names the holder and this call, so a create whose answer
 	// was lost can be recognised as ours.
 	value := []byte(holder + " #" + randomToken())
@@ -99,6 +99,9 @@ func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Dur
 		}
 	}
 }
+
+// lockKey is the key of the lock called name: any name is a valid key.
+func lockKey(name string) string { return "lock." + hex.EncodeToString([]byte(name)) }
 
 // holdLock renews the lock made at rev until the returned unlock, which
 // releases it once.

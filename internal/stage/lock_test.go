@@ -2,7 +2,6 @@ package stage
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -222,7 +221,7 @@ func TestLockSurvivesALostRenewalAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unlock()
-	key := "lock." + hex.EncodeToString([]byte("repo"))
+	key := lockKey("repo")
 	e, err := res.Locks.Get(ctx, key)
 	if err != nil {
 		t.Fatal(err)

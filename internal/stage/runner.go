@@ -95,8 +95,9 @@ type Config struct {
 	// transient failure, and timeout on the last delivery. Waits (Wait)
 	// are not counted in it.
 	Deadline time.Duration
-	// MaxWait bounds the waits of one delivery (default 30 min); beyond
-	// it the message is handed back with a delay, spending a delivery.
+	// MaxWait bounds the waits of one delivery (default 65 min, so that
+	// GitHub's hourly rate-limit window fits); beyond it the message is
+	// handed back with a delay, spending a delivery.
 	MaxWait time.Duration
 	// Grace is how long a handler may go on finishing its message after
 	// the runner is stopped (default 20 s), so a rolling deploy spends no
@@ -133,7 +134,7 @@ func (c *Config) setDefaults() {
 		c.Deadline = 2 * time.Minute
 	}
 	if c.MaxWait <= 0 {
-		c.MaxWait = 30 * time.Minute
+		c.MaxWait = 65 * time.Minute
 	}
 	if c.Grace <= 0 {
 		c.Grace = 20 * time.Second

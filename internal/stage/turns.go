@@ -2,6 +2,7 @@ package stage
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
@@ -38,4 +39,30 @@ func (t *Turns) Take(ctx context.Context, wait time.Duration) (done func(hold ti
 		}
 		time.AfterFunc(hold, unlock)
 	}, nil
+}
+
+// Pause holds every sharer's calls, reads included, for d: a rate limit met
+// here is a rate limit of the whole account. It is a second lock, held by
+// this process for d by its own timer (renewed while it lives, so it lapses
+// within LockTTL if it dies). A pause another holder has on already stands;
+// each replica also holds its own calls for the wait it was told.
+func (t *Turns) Pause(d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	unlock, err := t.res.Lock(ctx, "pause."+t.name, t.holder, 0)
+	if err != nil {
+		return
+	}
+	time.AfterFunc(d, unlock)
+}
+
+// Paused reports whether another holder's pause is on. Without an answer
+// from NATS it reports none: the forge's next refusal still holds this one.
+func (t *Turns) Paused(ctx context.Context) bool {
+	e, err := t.res.Locks.Get(ctx, lockKey("pause."+t.name))
+	if err != nil {
+		return false
+	}
+	owner, _, _ := strings.Cut(string(e.Value()), " #")
+	return owner != t.holder
 }

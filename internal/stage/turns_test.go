@@ -10,8 +10,11 @@ import (
 	"github.com/leviathan-dev/leviathan/internal/forge"
 )
 
-// The turns satisfy the forge's interface.
-var _ forge.Turns = (*Turns)(nil)
+// The turns satisfy the forge's interfaces.
+var (
+	_ forge.Turns  = (*Turns)(nil)
+	_ forge.Pauser = (*Turns)(nil)
+)
 
 // TestTurns: one turn at a time; a turn held on after its work keeps the
 // next one waiting that long, by the holder's timer; another name is
