@@ -163,7 +163,7 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 		svc := clone.New(d.res, pub, clone.Config{Git: d.git, URLs: d.egress, Logger: logger, Metrics: d.metrics})
 		cfg, h = clone.StageConfig(), svc
 		extra = func(m micro.Service) error {
-			return m.AddEndpoint("submit", micro.HandlerFunc(func(r micro.Request) {
+			return m.AddEndpoint("submit", stage.Endpoint(logger, "submit", func(r micro.Request) {
 				// Each request gets its own deadline; the start-up ctx
 				// may be long gone.
 				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -182,7 +182,7 @@ func stageComponent(ctx context.Context, name string, d *deps) (*component, erro
 		svc := pr.New(d.res, d.forge)
 		cfg, h = pr.StageConfig(), svc
 		extra = func(m micro.Service) error {
-			return m.AddEndpoint("open-for-task", micro.HandlerFunc(func(r micro.Request) {
+			return m.AddEndpoint("open-for-task", stage.Endpoint(logger, "open-for-task", func(r micro.Request) {
 				var q events.OpenForTaskRequest
 				if err := json.Unmarshal(r.Data(), &q); err != nil {
 					_ = r.RespondJSON(events.OpenForTaskReply{Error: "bad request: " + err.Error()})

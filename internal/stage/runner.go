@@ -250,6 +250,7 @@ func MaxDeliveriesSubject(stage string) string {
 func (r *Runner) watchMaxDeliveries(ctx context.Context) (stop func(), err error) {
 	nc := r.res.JS.Conn()
 	sub, err := nc.QueueSubscribe(MaxDeliveriesSubject(r.cfg.Name), "leviathan-"+r.cfg.Name, func(m *nats.Msg) {
+		defer Recover(r.cfg.Logger, "max-deliveries advisory")
 		var adv struct {
 			StreamSeq  uint64 `json:"stream_seq"`
 			Deliveries int    `json:"deliveries"`

@@ -284,7 +284,7 @@ func (p *Projector) applyItems(items []graph.Item) {
 	for i := range items {
 		if it := &items[i]; it.Err() != nil {
 			p.metrics.undecodable.Inc()
-			p.logger.Warn("projector: skipping undecodable event", "subject", it.Subject(), "seq", it.Seq(), "err", it.Err())
+			p.logger.Warn("projector: skipping an event it cannot project", "subject", it.Subject(), "seq", it.Seq(), "err", it.Err())
 		}
 	}
 	last := &items[len(items)-1]

@@ -3,6 +3,7 @@ package graph
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -201,5 +202,26 @@ func TestChainAcrossChunks(t *testing.T) {
 	}
 	if b := FirstBreak(all, back.Links(0, n+10), 0, 2*uint64(n)); b != nil {
 		t.Fatalf("the snapshot's chain breaks at %d: %s", b.Seq, b)
+	}
+}
+
+// TestAPanicSkipsOneEvent: an event whose projection panics is skipped
+// with the panic as its error, the sequence moves past it, and the next
+// event applies.
+func TestAPanicSkipsOneEvent(t *testing.T) {
+	body := []byte(`{"target":{"name":"t","repo_url":"https://github.com/o/r.git"},"task":{"id":"T-1","title":"x"}}`)
+	g := New()
+	its := make([]Item, 2)
+	its[0].Decode(1, events.Subject("a-1", events.AttemptRequested), body, time.Now())
+	its[1].Decode(2, events.Subject("a-2", events.AttemptRequested), body, time.Now())
+	attempts := g.byAttempt
+	g.byAttempt = nil // a new attempt's projection writes to a nil map
+	if applied, dups := g.ApplyItems(its[:1], nil); applied != 0 || dups != 0 || its[0].Err() == nil ||
+		!strings.Contains(its[0].Err().Error(), "panicked") || g.Seq() != 1 {
+		t.Fatalf("a panicking event: applied %d, duplicates %d, err %v, seq %d", applied, dups, its[0].Err(), g.Seq())
+	}
+	g.byAttempt = attempts
+	if applied, _ := g.ApplyItems(its[1:], nil); applied != 1 || its[1].Err() != nil || g.Seq() != 2 {
+		t.Fatalf("the next event: applied %d, err %v, seq %d", applied, its[1].Err(), g.Seq())
 	}
 }

@@ -3,7 +3,9 @@ package graph
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/url"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -304,13 +306,29 @@ func (g *Graph) ApplyItems(items []Item, onStage StageFunc) (applied, duplicates
 		switch {
 		case it.err != nil:
 			g.seq = max(g.seq, it.rec.seq)
-		case g.applyLocked(&it.rec, it.uid, it.isUUID):
+		case g.applyItem(it):
 			applied++
+		case it.err != nil: // it panicked
 		default:
 			duplicates++
 		}
 	}
 	return applied, duplicates
+}
+
+// applyItem projects one decoded item. A panic (an event no test foresaw)
+// becomes the item's error and the event is skipped: left to end the
+// process, it would be met again on every replay, and the control plane
+// would never come up.
+func (g *Graph) applyItem(it *Item) (isNew bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			g.seq = max(g.seq, it.rec.seq)
+			it.err = fmt.Errorf("projecting it panicked: %v\n%s", v, debug.Stack())
+			isNew = false
+		}
+	}()
+	return g.applyLocked(&it.rec, it.uid, it.isUUID)
 }
 
 // apply projects one decoded event; it reports whether the event was new.
