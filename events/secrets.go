@@ -19,9 +19,14 @@ var credentialPatterns = []struct {
 }{
 	// a password in anything URL-shaped: scheme://user:secret@host (a
 	// user alone, as in git+ssh://git@host, is no secret)
-	{regexp.MustCompile(`(?i)[a-z][a-z0-9+.\-]*://[^/\s"<>@:]*:[^/\s"<>@]+@`), "user info in a URL"},
-	// a token in a query string
-	{regexp.MustCompile(`(?i)[?&;](access_token|token|private_token|auth_token|api_key|apikey|client_secret|password|passwd|secret|sig|signature|x-amz-signature)=[A-Za-z0-9_\-.~+/=%]{8,}`), "a token in a URL's query"},
+	// (scheme-relative //user:secret@host too)
+	{regexp.MustCompile(`(?i)(?:[a-z][a-z0-9+.\-]*:)?//[^/\s"<>@:]*:[^/\s"<>@]+@`), "user info in a URL"},
+	// a user alone in an http(s) or scheme-relative URL: how a token is
+	// put in a git URL (https://<token>@github.com/o/r.git)
+	{regexp.MustCompile(`(?i)(?:\bhttps?://|(?:^|[\s"'(<,=])//)[^/\s"<>@:?#]+@`), "user info in a URL"},
+	// a token in a query string or fragment (short ones too: hunter2 is a
+	// password)
+	{regexp.MustCompile(`(?i)[?&;#](access_token|token|private_token|auth_token|oauth_token|refresh_token|id_token|session_token|api_key|apikey|client_secret|password|passwd|secret|sig|signature|x-amz-signature)=[A-Za-z0-9_\-.~+/=%]{4,}`), "a token in a URL's query"},
 	// tokens GitHub and GitLab issue, recognisable by their prefixes
 	{regexp.MustCompile(`\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,})`), "a forge token"},
 }

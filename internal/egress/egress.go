@@ -215,6 +215,11 @@ func (p *Policy) CheckRepoURL(raw string) error {
 		return refused("must not have a query or fragment")
 	case u.Opaque != "" || strings.Trim(u.Path, "/") == "":
 		return refused("has no repository path")
+	case strings.HasSuffix(u.Hostname(), "."):
+		// "127.0.0.1." is a DNS name, not the address it spells, and
+		// "github.com." is github.com under another spelling: neither is
+		// needed, and both would slip past a rule.
+		return refused("host %s must not end in a dot", u.Host)
 	}
 	hostport := canonical(scheme, u.Host)
 	rule, ok := p.hosts[hostport]
@@ -249,7 +254,7 @@ func (p *Policy) Credentials(u *url.URL) bool {
 		return false
 	}
 	scheme := strings.ToLower(u.Scheme)
-	if scheme != "https" && scheme != "http" {
+	if scheme != "https" && scheme != "http" || strings.HasSuffix(u.Hostname(), ".") {
 		return false
 	}
 	rule, ok := p.hosts[canonical(scheme, u.Host)]
@@ -320,19 +325,28 @@ func (p *Policy) addrAllowed(host, port string, a netip.Addr) bool {
 	case public(a):
 		return true
 	}
-	name := strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
-	if p.private[name] {
-		return true
-	}
-	// An IP address the operator configured (the forge at 127.0.0.1:3000).
-	if _, err := netip.ParseAddr(name); err == nil {
+	name := strings.ToLower(strings.Trim(host, "[]"))
+	if ip, err := netip.ParseAddr(name); err == nil {
+		// An IP address the operator configured (the forge at
+		// 127.0.0.1:3000), dialed as itself.
+		if ip.Unmap() != a {
+			return false
+		}
+		if p.private[name] {
+			return true
+		}
 		for _, scheme := range []string{"https", "http"} {
 			if _, ok := p.hosts[canonical(scheme, net.JoinHostPort(name, port))]; ok {
 				return true
 			}
 		}
+		return false
 	}
-	return false
+	name = strings.TrimSuffix(name, ".")
+	if _, err := netip.ParseAddr(name); err == nil {
+		return false // a name that spells an address ("127.0.0.1."), resolved to anything
+	}
+	return p.private[name]
 }
 
 // nonPublic are ranges that are not the internet's beyond what netip

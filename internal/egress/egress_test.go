@@ -234,6 +234,37 @@ func TestDialChecksResolvedAddresses(t *testing.T) {
 	c.Close()
 }
 
+// TestTrailingDotIsNotTheAddress: "127.0.0.1." is a DNS name that a
+// resolver may answer with any address, not the forge's 127.0.0.1: no
+// repository URL, credential or loopback dial for it.
+func TestTrailingDotIsNotTheAddress(t *testing.T) {
+	port, conns := countingListener(t)
+	p, _ := policy(t, egress.Config{ForgeAPIURL: "http://127.0.0.1:" + port + "/api/v3/",
+		Lookup: func(context.Context, string) ([]netip.Addr, error) {
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+		}})
+	for _, host := range []string{"127.0.0.1.", "localhost."} {
+		raw := "http://" + host + ":" + port + "/git/o/r.git"
+		if err := p.CheckRepoURL(raw); err == nil || !strings.Contains(err.Error(), "dot") {
+			t.Errorf("CheckRepoURL(%q) = %v, want refused for its dot", raw, err)
+		}
+		u, _ := url.Parse(raw)
+		if p.Credentials(u) {
+			t.Errorf("a credential may go to %s", u.Host)
+		}
+		if c, err := p.DialContext(context.Background(), "tcp", net.JoinHostPort(host, port)); err == nil {
+			c.Close()
+			t.Errorf("dialed %s", host)
+		}
+	}
+	if n := conns.Load(); n != 0 {
+		t.Fatalf("%d connections reached the listener", n)
+	}
+	if err := p.CheckRepoURL("http://127.0.0.1:" + port + "/git/o/r.git"); err != nil {
+		t.Fatalf("the forge itself: %v", err)
+	}
+}
+
 // authRecorder records the Authorization header of every request.
 type authRecorder struct {
 	mu    sync.Mutex

@@ -237,6 +237,14 @@ func TestNoCredentialAnywhere(t *testing.T) {
 				`{"target":{"name":"demo","repo_url":"` + strings.ReplaceAll(s.DemoRepoURL(), "/", `\/`) + `?access_token=` + forgeToken + `"},"task":{"id":"T-u","title":"t","allowed_paths":["x"]}}`,
 				// in another field of a valid request
 				strings.Replace(string(request(s.DemoRepoURL(), "T-u", map[string]any{})), `"title":`, `"description":"clone https://x:`+forgeToken+`@example.com/r.git","title":`, 1),
+				// a token as the user alone, with an unknown field; in a
+				// scheme-relative URL; in another field of a valid request
+				`{"colour":"red","target":{"name":"demo","repo_url":"https://` + forgeToken + `@github.com/o/r.git"},"task":{"id":"T-u","title":"t","allowed_paths":["x"]}}`,
+				`{"target":{"name":"demo","repo_url":"//x:` + forgeToken + `@github.com/o/r.git"},"colour":"red"}`,
+				strings.Replace(string(request(s.DemoRepoURL(), "T-u", map[string]any{})), `"title":`, `"description":"mirror at https://`+forgeToken+`@github.com/o/r.git","title":`, 1),
+				// a token in a fragment, or under another query name
+				`{"target":{"name":"demo","repo_url":"` + s.DemoRepoURL() + `#access_token=` + forgeToken + `"},"task":{"id":"T-u"}}`,
+				`{"target":{"name":"demo","repo_url":"` + s.DemoRepoURL() + `?oauth_token=` + forgeToken + `"},"task":{"id":"T-u","title":"t","allowed_paths":["x"]}}`,
 			} {
 				id := "a-urlcred-" + strconv.Itoa(i)
 				evs := runAttempt(t, s, id, []byte(body))

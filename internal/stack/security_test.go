@@ -46,6 +46,8 @@ func TestHostileRepoURLsEndToEnd(t *testing.T) {
 	for i, u := range urls {
 		evs := attemptEvents(t, s, "a-hostile-"+strconv.Itoa(i))
 		var p events.Rejected
+		// The rejection is the attempt's only event: refused on its first
+		// delivery, never retried.
 		if len(evs) != 1 || evs[0].EventType != events.AttemptRejected || evs[0].DecodePayload(&p) != nil || p.Field != "target.repo_url" {
 			t.Errorf("%s: %v (%+v), want only attempt.rejected naming target.repo_url", u, types(evs), p)
 			continue

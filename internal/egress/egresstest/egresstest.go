@@ -44,5 +44,9 @@ func HostileURLs(forgePort, bait string) []string {
 		"http://127.0.0.1:" + forgePort + ".attacker.example/o/r.git",
 		"http://127.0.0.1:" + forgePort,
 		"https://[::]:" + bait + "/o/r.git",
+		// the forge's own address spelled as a DNS name, which a resolver
+		// may answer with anything
+		"http://127.0.0.1.:" + forgePort + "/git/leviathan/demo.git",
+		"http://localhost.:" + forgePort + "/git/leviathan/demo.git",
 	}
 }
