@@ -57,6 +57,11 @@ type Config struct {
 	// nil. Tests give one that can only reach loopback, so that a wrong
 	// policy cannot reach another host.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ReadTimeout is the longest a connection waits for its next byte
+	// (default 60 s; git servers send keep-alives every few seconds while
+	// they work): a server that stops answering mid-body frees its caller
+	// before the stage's deadline.
+	ReadTimeout time.Duration
 }
 
 // hostRule is what the policy allows for one host:port.
@@ -74,6 +79,7 @@ type Policy struct {
 	forge   string              // the forge's git host, for messages
 	lookup  func(ctx context.Context, host string) ([]netip.Addr, error)
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	idle    time.Duration // ReadTimeout
 }
 
 // New compiles cfg.
@@ -91,6 +97,10 @@ func New(cfg Config) (*Policy, error) {
 			d.Timeout = 10 * time.Second
 		}
 		p.dial = d.DialContext
+	}
+	p.idle = cfg.ReadTimeout
+	if p.idle <= 0 {
+		p.idle = 60 * time.Second
 	}
 
 	api := cfg.ForgeAPIURL
@@ -306,13 +316,26 @@ func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Con
 	for _, a := range allowed {
 		c, err := p.dial(ctx, network, net.JoinHostPort(a.String(), port))
 		if err == nil {
-			return c, nil
+			return &idleConn{Conn: c, idle: p.idle}, nil
 		}
 		if firstErr == nil {
 			firstErr = err
 		}
 	}
 	return nil, firstErr
+}
+
+// idleConn is a connection whose every read waits at most idle for data.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(b []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
 }
 
 // addrAllowed decides one resolved address of host.

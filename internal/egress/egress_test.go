@@ -4,15 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/egress/egresstest"
@@ -347,5 +350,31 @@ func TestCheckRedirect(t *testing.T) {
 		if err := egress.CheckRedirect(req(u), via); err == nil {
 			t.Errorf("redirect to %s followed", u)
 		}
+	}
+}
+
+// TestReadTimeout: a server that sends its headers and then nothing more
+// frees the caller after the read timeout, not at some later deadline.
+func TestReadTimeout(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("0001"))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // and nothing more
+	}))
+	defer srv.Close()
+	p, _ := policy(t, egress.Config{ForgeAPIURL: srv.URL + "/api/v3/", ReadTimeout: 200 * time.Millisecond})
+	// The guard: a wrong policy fails here instead of hanging the test.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/o/r.git/info/refs", nil)
+	resp, err := p.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	_, err = io.ReadAll(resp.Body)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("reading a stalled body: %v, want the read timeout", err)
 	}
 }

@@ -139,6 +139,7 @@ type chaosResult struct {
 	prs, branches        int
 	dupEvents, events    int
 	faults               []string
+	planned              int // faults planned; all must have happened
 	notOneCommitBranches int
 }
 
@@ -179,6 +180,9 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	t.Logf("faults: %s", strings.Join(stormy.faults, ", "))
+	if len(stormy.faults) != stormy.planned {
+		t.Errorf("%d of the %d planned faults happened before the attempts ended", len(stormy.faults), stormy.planned)
+	}
 	t.Logf("time with faults / without: %.2f", stormy.took.Seconds()/calm.took.Seconds())
 }
 
@@ -269,6 +273,7 @@ func runChaos(t *testing.T, bin, natsBin string, n int, rng *rand.Rand) chaosRes
 		}
 		plan = append(plan, natsProc, forge, services["projector"])
 		rng.Shuffle(len(plan), func(i, j int) { plan[i], plan[j] = plan[j], plan[i] })
+		res.planned = len(plan)
 		faults.Add(1)
 		go func() {
 			defer faults.Done()

@@ -111,8 +111,9 @@ func TestRateLimitSpendsNoRetries(t *testing.T) {
 }
 
 // TestSlowGitServerTimesOut: a git server that sends one byte a second.
-// The clone stage gives up at its deadline on every delivery, the attempt
-// ends with timeout, and the service serves the next attempt.
+// The clone stage gives up at its deadline on every delivery (without one,
+// the first would never end), the attempt ends with timeout, and clone's
+// one worker serves the next attempt.
 func TestSlowGitServerTimesOut(t *testing.T) {
 	drip := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
@@ -134,6 +135,7 @@ func TestSlowGitServerTimesOut(t *testing.T) {
 	s := startTestStackWith(t, StackConfig{AllowedHosts: []string{"http://" + dripHost}}, func(c *stage.Config) {
 		if c.Name == "clone" {
 			c.Deadline = time.Second
+			c.Workers = 1
 		}
 	})
 	body, _ := json.Marshal(map[string]any{
