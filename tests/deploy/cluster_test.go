@@ -196,7 +196,7 @@ func startCluster(t *testing.T) *cluster {
 // servers, reconnecting forever).
 func (c *cluster) connect(user string) *nats.Conn {
 	c.t.Helper()
-	nc, err := nats.Connect(strings.Join(c.natsURLs, ","), nats.UserInfo(user, c.secrets["nats-users"][user]),
+	nc, err := nats.Connect(strings.Join(c.natsURLs, ","), nats.UserInfo(user, c.secrets["nats-user-"+user]["password"]),
 		nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond), nats.Timeout(10*time.Second), nats.RetryOnFailedConnect(true))
 	if err != nil {
 		c.t.Fatal(err)
@@ -399,7 +399,7 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 
 func (c *cluster) natsCLI(bin string, args ...string) string {
 	c.t.Helper()
-	full := append([]string{"--server", strings.Join(c.natsURLs, ","), "--user", "client", "--password", c.secrets["nats-users"]["client"]}, args...)
+	full := append([]string{"--server", strings.Join(c.natsURLs, ","), "--user", "client", "--password", c.secrets["nats-user-client"]["password"]}, args...)
 	var out bytes.Buffer
 	cmd := exec.Command(bin, full...)
 	cmd.Stdout, cmd.Stderr = &out, &out

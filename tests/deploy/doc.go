@@ -8,6 +8,9 @@
 //     and wrong types fail);
 //   - cross-check the objects (selectors, ports, probes, Secrets and
 //     ConfigMaps, images, security contexts, resources, service accounts);
+//   - read the rendered NATS configuration with nats-server's own parser,
+//     with and without the nats-tls component (tls_test.go), and serve it:
+//     every client pod's environment connects over TLS;
 //   - validate skaffold.yaml against its JSON schema, with each profile
 //     applied, and the kind config against kind's Go types;
 //   - build the image from a host-built static binary (FROM scratch, no

@@ -25,8 +25,8 @@ var leviathanServices = []string{"clone", "backlog-edit", "push", "pr", "project
 // TestOverlaysRenderStrictly renders both overlays with `kubectl kustomize`
 // and decodes every object strictly into the Kubernetes API types.
 func TestOverlaysRenderStrictly(t *testing.T) {
-	for _, o := range overlays {
-		t.Run(o, func(t *testing.T) {
+	for _, o := range append(append([]string{}, overlays...), tlsOverlays...) {
+		t.Run(filepath.Base(o), func(t *testing.T) {
 			r := render(t, o)
 			kinds := map[string]int{}
 			for _, obj := range r.objects {
@@ -196,10 +196,11 @@ func TestServicesSelectWorkloads(t *testing.T) {
 }
 
 // TestProbesAndVolumes checks that every probe's port is a port of its
-// container, and every volume mount a volume of its pod.
+// container, and every volume mount a volume of its pod (with the nats-tls
+// component too).
 func TestProbesAndVolumes(t *testing.T) {
-	for _, o := range overlays {
-		t.Run(o, func(t *testing.T) {
+	for _, o := range append(append([]string{}, overlays...), tlsOverlays...) {
+		t.Run(filepath.Base(o), func(t *testing.T) {
 			r := render(t, o)
 			for _, w := range r.workloads() {
 				volumes := map[string]bool{}
@@ -255,7 +256,7 @@ func documentedSecrets(t *testing.T) map[string][]string {
 }
 
 // ref is one reference of a pod to a key of a Secret or ConfigMap; an empty
-// key means the whole object (envFrom, volumes).
+// key means the whole object (envFrom, volumes without items).
 type ref struct {
 	secret    bool
 	name, key string
@@ -286,30 +287,48 @@ func podRefs(spec *corev1.PodSpec) []ref {
 			}
 		}
 	}
+	// A volume with items projects those keys only.
+	keys := func(items []corev1.KeyToPath) []string {
+		if len(items) == 0 {
+			return []string{""}
+		}
+		var out []string
+		for _, it := range items {
+			out = append(out, it.Key)
+		}
+		return out
+	}
 	for _, v := range spec.Volumes {
 		if v.Secret != nil {
-			refs = append(refs, ref{true, v.Secret.SecretName, "", opt(v.Secret.Optional)})
+			for _, k := range keys(v.Secret.Items) {
+				refs = append(refs, ref{true, v.Secret.SecretName, k, opt(v.Secret.Optional)})
+			}
 		}
 		if v.ConfigMap != nil {
-			refs = append(refs, ref{false, v.ConfigMap.Name, "", opt(v.ConfigMap.Optional)})
+			for _, k := range keys(v.ConfigMap.Items) {
+				refs = append(refs, ref{false, v.ConfigMap.Name, k, opt(v.ConfigMap.Optional)})
+			}
 		}
 	}
 	return refs
 }
 
 // TestSecretAndConfigMapReferences checks that every secretKeyRef names a
-// Secret and key that the overlay defines or, for prod, SECRETS.md
-// documents; that every ConfigMap reference resolves; and that the
-// documentation lists nothing that is not used.
+// Secret and key that the overlay defines or, for prod and the overlays
+// with the nats-tls component, SECRETS.md documents; that every ConfigMap
+// reference resolves; and that the documentation lists nothing that is not
+// used by prod, alone or with the nats-tls component.
 func TestSecretAndConfigMapReferences(t *testing.T) {
 	documented := documentedSecrets(t)
 	if len(documented) == 0 {
 		t.Fatal("deploy/overlays/prod/SECRETS.md documents no Secret")
 	}
-	for _, o := range overlays {
-		t.Run(o, func(t *testing.T) {
+	used := map[string]map[string]bool{} // by prod and prod-tls
+	for _, o := range append(append([]string{}, overlays...), tlsOverlays...) {
+		name := filepath.Base(o)
+		t.Run(name, func(t *testing.T) {
 			r := render(t, o)
-			used := map[string]map[string]bool{}
+			prod := name == "prod" || name == "prod-tls"
 			for _, w := range r.workloads() {
 				for _, ref := range podRefs(w.spec) {
 					if ref.optional {
@@ -324,10 +343,12 @@ func TestSecretAndConfigMapReferences(t *testing.T) {
 						}
 						continue
 					}
-					if used[ref.name] == nil {
-						used[ref.name] = map[string]bool{}
+					if prod {
+						if used[ref.name] == nil {
+							used[ref.name] = map[string]bool{}
+						}
+						used[ref.name][ref.key] = true
 					}
-					used[ref.name][ref.key] = true
 					if s := r.secret(ref.name); s != nil {
 						_, inData := s.Data[ref.key]
 						_, inString := s.StringData[ref.key]
@@ -336,27 +357,27 @@ func TestSecretAndConfigMapReferences(t *testing.T) {
 						}
 						continue
 					}
-					if o == "prod" && (ref.key == "" || slices.Contains(documented[ref.name], ref.key)) {
+					if (prod || slices.Contains(tlsOverlays, o)) && (ref.key == "" || slices.Contains(documented[ref.name], ref.key)) {
 						continue
 					}
-					t.Errorf("%s refers to Secret %s key %q, which the %s overlay neither defines nor documents", w, ref.name, ref.key, o)
+					t.Errorf("%s refers to Secret %s key %q, which the %s overlay neither defines nor documents", w, ref.name, ref.key, name)
 				}
 			}
-			if o == "prod" {
-				for name, keys := range documented {
-					for _, k := range keys {
-						if !used[name][k] {
-							t.Errorf("SECRETS.md documents %s/%s, which no pod uses", name, k)
-						}
-					}
-				}
+			if prod {
 				for _, obj := range r.objects {
 					if s, ok := obj.(*corev1.Secret); ok {
-						t.Errorf("the prod overlay defines Secret %s: credentials must not be in the repository", s.Name)
+						t.Errorf("the %s overlay defines Secret %s: credentials must not be in the repository", name, s.Name)
 					}
 				}
 			}
 		})
+	}
+	for name, keys := range documented {
+		for _, k := range keys {
+			if !used[name][k] {
+				t.Errorf("SECRETS.md documents %s/%s, which no pod of prod (alone or with nats-tls) uses", name, k)
+			}
+		}
 	}
 }
 
@@ -394,13 +415,14 @@ func TestImages(t *testing.T) {
 	}
 }
 
-// TestSecurityAndResources checks the hardening of every container: non-root,
-// read-only root filesystem, no capabilities, no privilege escalation, the
-// RuntimeDefault seccomp profile, requests and a memory limit; and a
-// ServiceAccount of its own for every workload, without an API token.
+// TestSecurityAndResources checks the hardening of every container (with
+// the nats-tls component too): non-root, read-only root filesystem, no
+// capabilities, no privilege escalation, the RuntimeDefault seccomp
+// profile, requests and a memory limit; and a ServiceAccount of its own
+// for every workload, without an API token.
 func TestSecurityAndResources(t *testing.T) {
-	for _, o := range overlays {
-		t.Run(o, func(t *testing.T) {
+	for _, o := range append(append([]string{}, overlays...), tlsOverlays...) {
+		t.Run(filepath.Base(o), func(t *testing.T) {
 			r := render(t, o)
 			accounts := map[string]bool{}
 			for _, obj := range r.objects {
@@ -588,8 +610,9 @@ func binaryEnv(t *testing.T) map[string]bool {
 }
 
 // TestEnvironmentIsReadByTheBinary catches misspelt variables: every
-// variable given to a Leviathan container is one the binary reads, one of
-// the Go runtime, HOME (git), or one the container's own command uses.
+// variable given to a Leviathan container (with the nats-tls component
+// too) is one the binary reads, one of the Go runtime, HOME (git), or one
+// the container's own command uses.
 func TestEnvironmentIsReadByTheBinary(t *testing.T) {
 	read := binaryEnv(t)
 	runtimeVars := map[string]bool{"GOMEMLIMIT": true, "GOMAXPROCS": true, "GOTRACEBACK": true, "HOME": true}
@@ -600,8 +623,8 @@ func TestEnvironmentIsReadByTheBinary(t *testing.T) {
 		"projector":  {"NATS_URL", "NATS_USER", "NATS_PASSWORD", "LEVIATHAN_CONTROL_PLANE_TOKEN"},
 		"localforge": {"LEVIATHAN_FORGE_TOKEN"},
 	}
-	for _, o := range overlays {
-		t.Run(o, func(t *testing.T) {
+	for _, o := range append(append([]string{}, overlays...), tlsOverlays...) {
+		t.Run(filepath.Base(o), func(t *testing.T) {
 			r := render(t, o)
 			artifact := skaffoldArtifact(t)
 			for _, w := range r.workloads() {
