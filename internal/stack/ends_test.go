@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -54,7 +56,7 @@ func TestPanicEndsTheAttemptAndTheProcessLivesOn(t *testing.T) {
 
 // TestCrashLoopEndsTheAttempt: a stage that dies on one message on every
 // delivery (the message never reaches an answer) ends the attempt with
-// retries_exhausted, from JetStream's max-deliveries advisory.
+// retries_exhausted, on the delivery past the attempt's budget.
 func TestCrashLoopEndsTheAttempt(t *testing.T) {
 	var crashes atomic.Int32
 	s := startTestStack(t, func(c *stage.Config) {
@@ -152,5 +154,75 @@ func TestSlowGitServerTimesOut(t *testing.T) {
 	publishBare(t, s, "a-after-slow", bareRequest(s, "T-after-slow"))
 	if evs := attemptEvents(t, s, "a-after-slow"); evs[len(evs)-1].EventType != events.AttemptSucceeded {
 		t.Fatalf("after the slow server: %v", types(evs))
+	}
+}
+
+// TestStageKilledInALoopEndsTheAttempt: clone, a process of its own, is
+// SIGKILLed whenever it works on one attempt (while it fetches from a git
+// server that never finishes an answer) and started again at once. Each
+// of the attempt's deliveries dies with it; after the last, no clone runs
+// for a while. The delivery past the budget goes to the process started
+// after that, which ends the attempt with retries_exhausted without
+// running the handler again.
+func TestStageKilledInALoopEndsTheAttempt(t *testing.T) {
+	bin := buildLeviathan(t)
+	var fetches atomic.Int32
+	arrived := make(chan struct{}, 16)
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		arrived <- struct{}{}
+		w.Header().Set("Content-Type", "application/x-git-upload-pack-advertisement")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer hang.Close()
+	hangHost := strings.TrimPrefix(hang.URL, "http://")
+	s := startTestStackWith(t, StackConfig{Without: []string{"clone"}}, nil)
+	var out lockedBuffer
+	start := func() *exec.Cmd {
+		cmd := exec.Command(bin, "run", "clone", "--http-addr", "127.0.0.1:0")
+		cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL, "LEVIATHAN_GIT_TOKEN="+s.cfg.ForgeToken,
+			"LEVIATHAN_FORGE_API_URL="+s.ForgeURL+"/api/v3/", "LEVIATHAN_ALLOWED_HOSTS=http://"+hangHost, "LEVIATHAN_LOG_LEVEL=info")
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	clone := start()
+	defer func() { _ = clone.Process.Kill(); _ = clone.Wait() }()
+	body, _ := json.Marshal(map[string]any{
+		"target": map[string]any{"name": "hang", "repo_url": hang.URL + "/o/r.git"},
+		"task":   map[string]any{"id": "T-hang", "title": "hang", "allowed_paths": []string{events.BacklogPath}},
+	})
+	publishBare(t, s, "a-killed", body)
+	kills := 0
+	failed := events.Subject("a-killed", events.AttemptFailed)
+	for deadline := time.Now().Add(2 * time.Minute); countSubject(t, s, failed) == 0; {
+		select {
+		case <-arrived:
+			_ = clone.Process.Kill() // SIGKILL, mid-fetch
+			_ = clone.Wait()
+			kills++
+			if kills == 3 {
+				// No replica at all while the last allowed delivery's
+				// AckWait (1 s) runs out: JetStream's advisory, if it were
+				// what ended the attempt, would reach nobody.
+				time.Sleep(3 * time.Second)
+			}
+			clone = start()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the attempt did not end after %d kills:\n%s", kills, lastLines(out.String(), 30))
+		}
+	}
+	f := lastFailure(t, attemptEvents(t, s, "a-killed"))
+	if f.FailureType != events.RetriesExhausted || f.Stage != "clone" || f.Deliveries != 3 || !strings.Contains(f.ErrorSummary, "ran out of its 3 deliveries") {
+		t.Fatalf("failure %+v, want retries_exhausted in clone after 3 deliveries", f)
+	}
+	if kills != 3 || fetches.Load() != 3 {
+		t.Fatalf("%d kills and %d fetches, want one of each per delivery (3)", kills, fetches.Load())
 	}
 }

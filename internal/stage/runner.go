@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,9 +203,25 @@ func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, 
 		if ci.Config.MaxDeliver > 0 {
 			cfg.MaxDeliver = ci.Config.MaxDeliver
 		}
+		if n, err := strconv.Atoi(ci.Config.Metadata[maxTriesKey]); err == nil && n > 0 {
+			cfg.MaxDeliver = n
+		}
 	}
 	return &Runner{cfg: cfg, res: res, pub: pub, h: h, cons: cons}, nil
 }
+
+// The consumer delivers a message ExtraDeliveries times more than the
+// attempt's budget of tries (Config.MaxDeliver, kept in its metadata under
+// maxTriesKey): a delivery past the budget means that every allowed one
+// went unanswered (a crash loop, a kill, an OOM), and whichever replica
+// receives it ends the attempt at once, without running the handler. Being
+// a delivery, it reaches a replica that starts after the others died,
+// where the max-deliveries advisory, a core NATS message, would have
+// reached nobody; the advisory stays as the last resort.
+const (
+	ExtraDeliveries = 2
+	maxTriesKey     = "leviathan_max_tries"
+)
 
 // SetupConsumer creates or updates the durable consumer of a stage: part
 // of the set-up step.
@@ -224,10 +241,11 @@ func SetupConsumer(ctx context.Context, js jetstream.JetStream, cfg Config, repl
 		FilterSubject: events.SubjectFilter(cfg.Input),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxDeliver:    cfg.MaxDeliver,
+		MaxDeliver:    cfg.MaxDeliver + ExtraDeliveries,
 		AckWait:       cfg.AckWait,
 		MaxAckPending: 1000,
 		Replicas:      replicas,
+		Metadata:      map[string]string{maxTriesKey: strconv.Itoa(cfg.MaxDeliver)},
 	})
 }
 
@@ -280,8 +298,15 @@ func (r *Runner) endExhausted(ctx context.Context, seq uint64, deliveries int) {
 	if err != nil {
 		return
 	}
+	_ = r.endUnanswered(ctx, in, deliveries)
+}
+
+// endUnanswered publishes attempt.failed (retries_exhausted) for an
+// attempt whose message ran out of its deliveries without an answer,
+// unless the attempt has ended already.
+func (r *Runner) endUnanswered(ctx context.Context, in *Input, deliveries int) error {
 	if r.ended(ctx, in.Ref.AttemptID, events.AttemptSucceeded, events.AttemptFailed, events.AttemptRejected) {
-		return // it ended after all
+		return nil // it ended after all
 	}
 	if req, err := r.res.Request(ctx, in.Ref.AttemptID); err == nil {
 		in.Ref = req.Ref
@@ -292,11 +317,12 @@ func (r *Runner) endExhausted(ctx context.Context, seq uint64, deliveries int) {
 	}
 	failed.BranchName, failed.CommitSHA = in.pushed()
 	if err := in.Publish(ctx, events.AttemptFailed, failed); err != nil {
-		r.cfg.Logger.Warn("max deliveries: publishing attempt.failed failed", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", err)
-		return
+		r.cfg.Logger.Warn("out of deliveries: publishing attempt.failed failed", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "err", err)
+		return err
 	}
 	r.failed.Add(1)
 	r.cfg.Logger.Warn("attempt failed: out of deliveries", "stage", r.cfg.Name, "attempt", in.Ref.AttemptID, "deliveries", deliveries)
+	return nil
 }
 
 // ended reports whether the stream holds an event of one of types for
@@ -373,6 +399,15 @@ func (r *Runner) process(ctx context.Context, msg jetstream.Msg) {
 	}
 	r.inFlight.Add(1)
 	defer r.inFlight.Add(-1)
+	if in.Deliveries > r.cfg.MaxDeliver {
+		outcome = OutcomeFailed
+		if err := r.endUnanswered(ctx, in, r.cfg.MaxDeliver); err != nil {
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		_ = msg.Term()
+		return
+	}
 
 	// The handler finishes its message even when the runner is stopped,
 	// within the grace period, so a rolling deploy spends no delivery.
