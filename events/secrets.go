@@ -16,19 +16,26 @@ import (
 var credentialPatterns = []struct {
 	re   *regexp.Regexp
 	what string
+	// except, when set, clears a match that is no secret after all.
+	except func(match string) bool
 }{
-	// a password in anything URL-shaped: scheme://user:secret@host (a
-	// user alone, as in git+ssh://git@host, is no secret)
-	// (scheme-relative //user:secret@host too)
-	{regexp.MustCompile(`(?i)(?:[a-z][a-z0-9+.\-]*:)?//[^/\s"<>@:]*:[^/\s"<>@]+@`), "user info in a URL"},
-	// a user alone in an http(s) or scheme-relative URL: how a token is
-	// put in a git URL (https://<token>@github.com/o/r.git)
-	{regexp.MustCompile(`(?i)(?:\bhttps?://|(?:^|[\s"'(<,=])//)[^/\s"<>@:?#]+@`), "user info in a URL"},
+	// a password in anything URL-shaped: scheme://user:secret@host, or
+	// //user:secret@host at the start of a word (a user alone, as in
+	// git+ssh://git@host, is no secret)
+	{re: regexp.MustCompile(`(?i)(?:[a-z][a-z0-9+.\-]*:|^|[\s"'(<,=])//[^/\s"<>@:]*:[^/\s"<>@]+@`), what: "user info in a URL"},
+	// a user alone (or with an empty password) in an http(s) or
+	// scheme-relative URL: how a token is put in a git URL
+	// (https://<token>@github.com/o/r.git); the user git is no secret
+	{re: regexp.MustCompile(`(?i)(?:\bhttps?://|(?:^|[\s"'(<,=])//)[^/\s"<>@:?#]+:?@`), what: "user info in a URL",
+		except: func(m string) bool {
+			user := strings.TrimSuffix(strings.TrimSuffix(m[strings.LastIndex(m, "//")+2:], "@"), ":")
+			return strings.EqualFold(user, "git")
+		}},
 	// a token in a query string or fragment (short ones too: hunter2 is a
 	// password)
-	{regexp.MustCompile(`(?i)[?&;#](access_token|token|private_token|auth_token|oauth_token|refresh_token|id_token|session_token|api_key|apikey|client_secret|password|passwd|secret|sig|signature|x-amz-signature)=[A-Za-z0-9_\-.~+/=%]{4,}`), "a token in a URL's query"},
+	{re: regexp.MustCompile(`(?i)[?&;#](access_token|token|private_token|auth_token|oauth_token|refresh_token|id_token|session_token|api_key|apikey|client_secret|password|passwd|secret|sig|signature|x-amz-signature)=[A-Za-z0-9_\-.~+/=%]{4,}`), what: "a token in a URL's query"},
 	// tokens GitHub and GitLab issue, recognisable by their prefixes
-	{regexp.MustCompile(`\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,})`), "a forge token"},
+	{re: regexp.MustCompile(`\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,})`), what: "a forge token"},
 }
 
 // credentialIn says what kind of credential s holds, or "": as it is,
@@ -42,8 +49,16 @@ func credentialIn(s string) string {
 	}
 	for _, f := range forms {
 		for _, p := range credentialPatterns {
-			if p.re.MatchString(f) {
-				return p.what
+			if p.except == nil {
+				if p.re.MatchString(f) {
+					return p.what
+				}
+				continue
+			}
+			for _, m := range p.re.FindAllString(f, -1) {
+				if !p.except(m) {
+					return p.what
+				}
 			}
 		}
 	}

@@ -22,12 +22,16 @@ func TestFindCredential(t *testing.T) {
 		`{"target":{"repo_url":"//tok5x9f8e7d6c5b4a3@github.com/o/r.git"}}`:                                      "target.repo_url",
 		`{"target":{"repo_url":"https://github.com/o/r.git?oauth_token=oauth0000"}}`:                             "target.repo_url",
 		`{"target":{"repo_url":"https://github.com/o/r.git#access_token=frag0000"}}`:                             "target.repo_url",
+		`{"target":{"repo_url":"https://t0ken0123:@github.com/o/r.git"}}`:                                        "target.repo_url",
 		// not credentials
-		`{"task":{"description":"depends on git+ssh://git@github.com/org/pkg.git"}}`: "",
-		`{"task":{"description":"https://x.com?ref=@alice, mail bob@example.com"}}`:  "",
-		`{"task":{"description":"set ?token=<yours> in the config"}}`:                "",
-		`{"target":{"repo_url":"https://github.com/o/r.git"}}`:                       "",
-		`{"task":{"description":"https://registry.example:443/@scope/pkg"}}`:         "",
+		`{"task":{"description":"vendored from git+https://git@github.com/org/pkg.git"}}`:               "",
+		`{"task":{"description":"see https://github.com/o/r/blob/main/a@b.md and mailto:a@b.example"}}`: "",
+		`{"task":{"description":"npm i @scope/pkg@1.2; http://localhost:3000/@scope/pkg"}}`:             "",
+		`{"task":{"description":"depends on git+ssh://git@github.com/org/pkg.git"}}`:                    "",
+		`{"task":{"description":"https://x.com?ref=@alice, mail bob@example.com"}}`:                     "",
+		`{"task":{"description":"set ?token=<yours> in the config"}}`:                                   "",
+		`{"target":{"repo_url":"https://github.com/o/r.git"}}`:                                          "",
+		`{"task":{"description":"https://registry.example:443/@scope/pkg"}}`:                            "",
 	} {
 		field, what := FindCredential([]byte(body))
 		if field != want || (want != "" && what == "") {

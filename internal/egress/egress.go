@@ -111,6 +111,9 @@ func New(cfg Config) (*Policy, error) {
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
 		return nil, errors.New("egress: the forge API URL must be an http(s) URL without credentials")
 	}
+	if strings.HasSuffix(u.Hostname(), ".") {
+		return nil, errors.New("egress: the forge API URL's host must not end in a dot")
+	}
 	apiHost := canonical(u.Scheme, u.Host)
 	gitHost := apiHost
 	if name, ok := strings.CutPrefix(u.Hostname(), "api."); ok {
@@ -325,7 +328,10 @@ func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Con
 	return nil, firstErr
 }
 
-// idleConn is a connection whose every read waits at most idle for data.
+// idleConn is a connection closed after idle without traffic: every read
+// and every write moves its read deadline to idle from then, so a long
+// upload or a connection taken from the pool starts its wait afresh, and
+// only silence from the other side while a request waits runs it out.
 type idleConn struct {
 	net.Conn
 	idle time.Duration
@@ -336,6 +342,14 @@ func (c *idleConn) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.Conn.Read(b)
+}
+
+func (c *idleConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	}
+	return n, err
 }
 
 // addrAllowed decides one resolved address of host.
@@ -403,7 +417,7 @@ func (p *Policy) Transport() *http.Transport {
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          32,
 		MaxIdleConnsPerHost:   8,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       min(30*time.Second, p.idle/2), // before an idle one meets its read timeout
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 60 * time.Second,
 		ExpectContinueTimeout: time.Second,

@@ -353,10 +353,34 @@ func TestCheckRedirect(t *testing.T) {
 	}
 }
 
+// slowBody sends n bytes, one every gap.
+type slowBody struct {
+	n   int
+	gap time.Duration
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.n == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(b.gap)
+	b.n--
+	p[0] = 'x'
+	return 1, nil
+}
+
 // TestReadTimeout: a server that sends its headers and then nothing more
-// frees the caller after the read timeout, not at some later deadline.
+// frees the caller after the read timeout, not at some later deadline;
+// an upload that lasts longer than the timeout, bytes flowing all along,
+// and a request on a connection that sat in the pool are not cut off.
 func TestReadTimeout(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" {
+			n, _ := io.Copy(io.Discard, r.Body)
+			time.Sleep(100 * time.Millisecond) // some work, under the timeout
+			fmt.Fprint(w, n)
+			return
+		}
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("0001"))
 		w.(http.Flusher).Flush()
@@ -377,4 +401,23 @@ func TestReadTimeout(t *testing.T) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("reading a stalled body: %v, want the read timeout", err)
 	}
+
+	client := p.Client()
+	post := func() {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "POST", srv.URL+"/o/r.git/git-receive-pack", &slowBody{n: 12, gap: 50 * time.Millisecond})
+		req.ContentLength = 12
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("an upload of 600 ms with a 200 ms read timeout: %v", err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(body) != "12" {
+			t.Fatalf("an upload of 600 ms with a 200 ms read timeout: %q, %v", body, err)
+		}
+	}
+	post()
+	time.Sleep(150 * time.Millisecond) // its connection waits in the pool
+	post()
 }

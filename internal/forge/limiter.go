@@ -146,11 +146,14 @@ func (l *limiter) RoundTrip(req *http.Request) (*http.Response, error) {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 		_ = resp.Body.Close()
 		l.mu.Lock()
+		later := false
 		if until := l.now().Add(wait); until.After(l.holdUntil) {
-			l.holdUntil = until
+			l.holdUntil, later = until, true
 		}
 		l.mu.Unlock()
-		if p, ok := l.turns.(Pauser); ok {
+		// Only a pause that ends later than the one on already replaces
+		// it (this process's pause lock is re-entered, not added to).
+		if p, ok := l.turns.(Pauser); ok && later {
 			p.Pause(wait)
 		}
 		cancel()

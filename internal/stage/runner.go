@@ -204,7 +204,7 @@ func NewRunner(ctx context.Context, res *Resources, pub *Publisher, cfg Config, 
 			cfg.MaxDeliver = ci.Config.MaxDeliver
 		}
 		if n, err := strconv.Atoi(ci.Config.Metadata[maxTriesKey]); err == nil && n > 0 {
-			cfg.MaxDeliver = n
+			cfg.MaxDeliver = min(n, cfg.MaxDeliver)
 		}
 	}
 	return &Runner{cfg: cfg, res: res, pub: pub, h: h, cons: cons}, nil
