@@ -238,10 +238,11 @@ type failure struct {
 	attempt *attempt
 	seq     uint64
 	ts      int64
-	typ     sym // attempt.failed or attempt.rejected
+	typ     sym // attempt.failed, attempt.rejected or request.duplicate
 	stage   sym
 	kind    sym // failure_type
 	summary string
+	task    string // a duplicate's own task id (its attempt's may differ)
 }
 
 type recentEvent struct {
@@ -949,7 +950,7 @@ func (g *Graph) duplicateRequest(a *attempt, r *record, typ sym) {
 		}
 	}
 	g.failed = append(g.failed, &failure{attempt: a, seq: r.seq, ts: r.ts, typ: typ, stage: g.syms.of("clone"),
-		kind: g.syms.of("duplicate_request"), summary: string(r.reason)})
+		kind: g.syms.of("duplicate_request"), summary: string(r.reason), task: string(r.task)})
 }
 
 // Node ids. They are unique across targets: a task and a commit include

@@ -406,3 +406,33 @@ func TestPullRequestRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDuplicateRequestRow: an ignored duplicate request is listed with the
+// failures under its own task id, and is not its attempt's failure, live
+// or after a snapshot.
+func TestDuplicateRequestRow(t *testing.T) {
+	g := New()
+	evs := eventgen.Attempt(7, eventgen.Succeeded)
+	applyAll(t, g, evs)
+	dup, err := events.New(events.RequestDuplicate, "clone-1", events.Ref{AttemptID: "a-0000007", TaskID: "T-other", TargetID: "atlas"},
+		events.Duplicate{Ref: events.Ref{AttemptID: "a-0000007", TaskID: "T-other", TargetID: "atlas"}, Reason: "attempt id a-0000007 is already taken", Seq: 99, FirstSeq: 1},
+		evs[len(evs)-1].Timestamp.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyAll(t, g, []events.Envelope{dup})
+	snap, _ := g.MarshalSnapshot(1)
+	restored, _, err := UnmarshalSnapshot(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, g := range map[string]*Graph{"live": g, "restored": restored} {
+		fs := g.Failures("", 10)
+		if len(fs) != 1 || fs[0].FailureType != "duplicate_request" || fs[0].TaskID != "T-other" || fs[0].AttemptID != "a-0000007" {
+			t.Errorf("%s: failures %+v, want the duplicate under its own task T-other", name, fs)
+		}
+		if d, _ := g.Attempt("a-0000007"); d.Node.Properties["status"] != "succeeded" || d.Node.Properties["failure_type"] != nil {
+			t.Errorf("%s: attempt %v, want it untouched by the duplicate", name, d.Node.Properties)
+		}
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	"github.com/google/uuid"
+
+	"github.com/leviathan-dev/leviathan/events"
 )
 
 // The snapshot is the whole graph and the stream sequence it reflects, in a
@@ -32,7 +34,7 @@ const (
 	// SnapshotVersion changes with any change of the layout or of what the
 	// graph derives from events: a snapshot of another version is ignored
 	// and the stream replayed from the start.
-	SnapshotVersion = 6
+	SnapshotVersion = 7
 )
 
 // errSnapshotVersion is returned for a snapshot of another format version.
@@ -134,6 +136,7 @@ func (g *Graph) MarshalSnapshot(streamCreated int64) ([]byte, SnapshotMeta) {
 		w.uint(uint64(f.stage))
 		w.uint(uint64(f.kind))
 		w.str(f.summary)
+		w.str(f.task)
 	}
 	w.uint(uint64(g.ringNext))
 	w.uint(uint64(g.ringLen))
@@ -358,15 +361,17 @@ func UnmarshalSnapshot(data []byte) (*Graph, SnapshotMeta, error) {
 			}
 		}
 	}
-	n = r.count(7)
+	n = r.count(8)
 	for i := 0; i < n && r.err == nil; i++ {
 		j, ok := r.index(len(g.records))
 		if !ok {
 			break
 		}
 		f := &failure{attempt: g.records[j], seq: r.uint(), ts: r.int(),
-			typ: symOf(), stage: symOf(), kind: symOf(), summary: r.str()}
-		f.attempt.failure = f
+			typ: symOf(), stage: symOf(), kind: symOf(), summary: r.str(), task: r.str()}
+		if g.syms.str(f.typ) != string(events.RequestDuplicate) {
+			f.attempt.failure = f // the latest, as applying them set it; an ignored duplicate is none
+		}
 		g.failed = append(g.failed, f)
 	}
 	g.ringNext, g.ringLen = r.count(0), r.count(0)

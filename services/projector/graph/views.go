@@ -255,6 +255,9 @@ func (g *Graph) Failures(target string, limit int) []FailureItem {
 		if a.task != nil {
 			it.TaskID = a.task.id
 		}
+		if f.task != "" {
+			it.TaskID = f.task // the ignored duplicate's own
+		}
 		out = append(out, it)
 	}
 	return out
