@@ -372,3 +372,28 @@ func validateRefName(field, name string) error {
 	}
 	return nil
 }
+
+// RejectedRef is ref with the target and task a rejected request's body
+// names filled in where ref lacks them (a bare request carries them in
+// target.name and task.id, not in target_id and task_id), so that the
+// rejection is listed under its target. Only names of a valid form that
+// hold no credential are taken: the rejection is kept for the stream's
+// lifetime, where the request itself may be erased.
+func RejectedRef(ref Ref, data []byte) Ref {
+	var body map[string]any
+	if json.Unmarshal(data, &body) != nil {
+		return ref
+	}
+	field := func(obj, key string) string {
+		o, _ := body[obj].(map[string]any)
+		s, _ := o[key].(string)
+		return s
+	}
+	if s := field("target", "name"); ref.TargetID == "" && targetPattern.MatchString(s) && credentialIn(s) == "" {
+		ref.TargetID = s
+	}
+	if s := field("task", "id"); ref.TaskID == "" && taskIDPattern.MatchString(s) && credentialIn(s) == "" {
+		ref.TaskID = s
+	}
+	return ref
+}

@@ -39,3 +39,23 @@ func TestFindCredential(t *testing.T) {
 		}
 	}
 }
+
+// TestRejectedRef: a rejection takes the target and task a body names, in
+// a valid form and without a credential, where its Ref has none.
+func TestRejectedRef(t *testing.T) {
+	for _, c := range []struct {
+		ref  Ref
+		body string
+		want Ref
+	}{
+		{Ref{}, `{"target":{"name":"demo"},"task":{"id":"T-1"}}`, Ref{TargetID: "demo", TaskID: "T-1"}},
+		{Ref{}, `{"target":{"name":"de mo"},"task":{"id":7}}`, Ref{}},
+		{Ref{}, `{"target":{"name":"demo"},"task":{"id":"ghp_abcdefghijklmnopqrstuvwxyz0123456789"}}`, Ref{TargetID: "demo"}},
+		{Ref{}, `{"target":"demo"`, Ref{}},
+		{Ref{TargetID: "t"}, `{"target":{"name":"other"},"task":{"id":"T-2"}}`, Ref{TargetID: "t", TaskID: "T-2"}},
+	} {
+		if got := RejectedRef(c.ref, []byte(c.body)); got != c.want {
+			t.Errorf("RejectedRef(%+v, %s) = %+v, want %+v", c.ref, c.body, got, c.want)
+		}
+	}
+}

@@ -454,6 +454,10 @@ func TestInvalidRequestsAreRejected(t *testing.T) {
 		if strings.Contains(string(last.Payload), "secret") {
 			t.Errorf("%s: rejection repeats a credential: %s", c.attempt, last.Payload)
 		}
+		// Listed under the target the request named.
+		if c.attempt != "a-notjson" && (last.TargetID != "demo" || p.TargetID != "demo") {
+			t.Errorf("%s: rejection under target %q (payload %q), want demo", c.attempt, last.TargetID, p.TargetID)
+		}
 	}
 	// The services are still running: a valid request goes through.
 	publishBare(t, s, "a-after", bareRequest(s, "T-after"))

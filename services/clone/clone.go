@@ -66,6 +66,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	req, rej := s.check(in.Data, in.Ref.AttemptID)
 	if rej != nil {
 		s.cfg.Logger.Info("request rejected", "attempt", in.Ref.AttemptID, "field", rej.Field, "reason", rej.Reason)
+		in.Ref = events.RejectedRef(in.Ref, in.Data)
 		if err := in.Publish(ctx, events.AttemptRejected, events.Rejected{Ref: in.Ref, Reason: rej.Reason, Field: rej.Field}); err != nil {
 			return stage.Retry(err)
 		}
