@@ -17,6 +17,7 @@ import (
 
 	"github.com/leviathan-dev/leviathan/internal/egress"
 	"github.com/leviathan-dev/leviathan/internal/gitx"
+	"github.com/leviathan-dev/leviathan/internal/stage"
 	"github.com/leviathan-dev/leviathan/services/localforge"
 )
 
@@ -137,7 +138,11 @@ func RunService(ctx context.Context, cfg ServiceConfig) error {
 		if d.forge, d.git, err = cfg.Forge.clients(cfg.ForgeToken, cfg.ForgeAPIURL, d.git, cfg.Name == "pr", d.forgeTurns, pol); err != nil {
 			return err
 		}
-		if comp, err = stageComponent(ctx, cfg.Name, d); err != nil {
+		err = stage.RetryTransient(ctx, cfg.Logger, cfg.Name+" start", func() (err error) {
+			comp, err = stageComponent(ctx, cfg.Name, d)
+			return err
+		})
+		if err != nil {
 			return err
 		}
 	}

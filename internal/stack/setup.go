@@ -71,6 +71,6 @@ func openWhenSetUp(ctx context.Context, js jetstream.JetStream, stageName string
 			return nil, ctx.Err()
 		case <-time.After(delay):
 		}
-		delay = min(2*delay, 15*time.Second)
+		delay = min(2*delay, 5*time.Second) // a cluster back from an election is used within seconds
 	}
 }

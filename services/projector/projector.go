@@ -134,7 +134,11 @@ func (p *Projector) Run(ctx context.Context) error {
 }
 
 func (p *Projector) run(ctx context.Context) error {
-	info, err := p.res.Stream.Info(ctx)
+	var info *jetstream.StreamInfo
+	err := stage.RetryTransient(ctx, p.logger, "projector: stream info", func() (err error) {
+		info, err = p.res.Stream.Info(ctx)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("projector: stream info: %w", err)
 	}
@@ -143,7 +147,10 @@ func (p *Projector) run(ctx context.Context) error {
 
 	var obs jetstream.ObjectStore
 	if !p.cfg.NoSnapshots {
-		obs, err = p.res.JS.ObjectStore(ctx, SnapshotBucket)
+		err = stage.RetryTransient(ctx, p.logger, "projector: object store", func() (err error) {
+			obs, err = p.res.JS.ObjectStore(ctx, SnapshotBucket)
+			return err
+		})
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			err = stage.ErrNotSetUp
 		}
@@ -197,7 +204,13 @@ func (p *Projector) tail(ctx context.Context, start uint64) error {
 	if start > 1 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
 	}
-	cons, err := p.res.Stream.OrderedConsumer(ctx, cfg)
+	// After a catch-up, NATS may be electing a leader (a node restarted):
+	// wait for it, as for NATS itself, instead of exiting.
+	var cons jetstream.Consumer
+	err := stage.RetryTransient(ctx, p.logger, "projector: consumer", func() (err error) {
+		cons, err = p.res.Stream.OrderedConsumer(ctx, cfg)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("projector: consumer: %w", err)
 	}

@@ -416,7 +416,12 @@ func (c *cluster) natsCLI(bin string, args ...string) string {
 // as a user would. A refusal of a field fails the test.
 func (c *cluster) submit(body []byte) {
 	c.t.Helper()
-	for try := 0; ; try++ {
+	// While a fault costs JetStream its quorum (a node stopped, another
+	// cut off), nothing can be stored and clone, restarted meanwhile,
+	// waits for NATS before it answers: the cluster's own recovery bounds
+	// the wait.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
 		msg, err := c.client.Request("leviathan.api.submit", body, 10*time.Second)
 		if err == nil {
 			var resp events.SubmitResponse
@@ -431,7 +436,12 @@ func (c *cluster) submit(body []byte) {
 				return
 			}
 		}
-		if try > 30 {
+		if time.Now().After(deadline) {
+			for _, p := range c.stages {
+				if strings.HasPrefix(p.name, "clone") {
+					c.t.Logf("%s logs:\n%s", p.name, lastLines(c.k.logs(p.container.ID), 20))
+				}
+			}
 			c.t.Fatalf("submit: %v", err)
 		}
 		time.Sleep(time.Second)
@@ -725,6 +735,7 @@ func (c *cluster) judgeSummary(v *verdict, prefix string, n int) {
 				return s, summary
 			}
 			if time.Now().After(deadline) {
+				t.Logf("projector logs:\n%s", lastLines(c.k.logs(c.proj.container.ID), 20))
 				t.Logf("control plane: %d succeeded of %d, %v", s, v.succeeded, err)
 				return s, summary
 			}
@@ -742,4 +753,9 @@ func (c *cluster) judgeSummary(v *verdict, prefix string, n int) {
 	if !v.restartOK {
 		t.Logf("summary before the restart %s, after %s", before, after)
 	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
