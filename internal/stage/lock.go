@@ -62,7 +62,7 @@ func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Dur
 		if held(err) {
 			// Ours from before (the same holder, dead since)? Take it over.
 			if e, gerr := r.Locks.Get(ctx, key); gerr == nil {
-				if owner, _, _ := strings.Cut(string(e.Value()), " #"); owner == holder {
+				if lockOwner(e.Value()) == holder {
 					if rev, uerr := r.Locks.Update(ctx, key, value, e.Revision()); uerr == nil {
 						return r.holdLock(ctx, key, value, rev), nil
 					}
@@ -79,7 +79,7 @@ func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Dur
 		if left <= 0 {
 			by := "another holder"
 			if e, err := r.Locks.Get(ctx, key); err == nil {
-				by, _, _ = strings.Cut(string(e.Value()), " #")
+				by = lockOwner(e.Value())
 			}
 			return nil, fmt.Errorf("%w: %s is held by %s", ErrLocked, name, by)
 		}
@@ -98,6 +98,12 @@ func (r *Resources) Lock(ctx context.Context, name, holder string, wait time.Dur
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// lockOwner is the holder named in a lock's value ("<holder> #<token>").
+func lockOwner(value []byte) string {
+	owner, _, _ := strings.Cut(string(value), " #")
+	return owner
 }
 
 // lockKey is the key of the lock called name: any name is a valid key.

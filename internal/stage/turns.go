@@ -2,7 +2,6 @@ package stage
 
 import (
 	"context"
-	"strings"
 	"time"
 )
 
@@ -63,6 +62,5 @@ func (t *Turns) Paused(ctx context.Context) bool {
 	if err != nil {
 		return false
 	}
-	owner, _, _ := strings.Cut(string(e.Value()), " #")
-	return owner != t.holder
+	return lockOwner(e.Value()) != t.holder
 }

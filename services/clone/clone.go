@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leviathan-dev/leviathan/events"
@@ -209,9 +208,7 @@ func (s *Service) publishRequest(ctx context.Context, subject string, data []byt
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second) // a busy cluster's answer takes a while
 		ack, err = s.res.JS.Publish(pctx, subject, data, jetstream.WithMsgID(msgID))
 		cancel()
-		transient := errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-			errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
-		if err == nil || !transient || ctx.Err() != nil || time.Now().Add(delay).After(giveUp) {
+		if err == nil || !stage.TransientNATS(err) || ctx.Err() != nil || time.Now().Add(delay).After(giveUp) {
 			return ack, try > 0, err
 		}
 		s.cfg.Logger.Warn("submit: the stream did not answer; retrying", "subject", subject, "err", err, "retry_in", delay)
