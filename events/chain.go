@@ -115,6 +115,20 @@ func CanonicalEvent(eventID, eventType, actor, timestamp string, payload []byte)
 	return p.event(nil, nil, []byte(eventID), []byte(eventType), []byte(actor), []byte(timestamp)), nil
 }
 
+// CanonicalJSON is the canonical form of a JSON value (a new slice): keys
+// sorted, no whitespace, Python's escapes and floats. It is the same JSON
+// value, and New writes every payload in it, so that a projector hashing
+// the event can check the payload and copy it instead of rebuilding it.
+func CanonicalJSON(v []byte) ([]byte, error) {
+	p := parsers.Get().(*canonParser)
+	defer p.release()
+	p.data, p.i = v, 0
+	if err := p.payload(); err != nil {
+		return nil, err
+	}
+	return slices.Clone(p.canon), nil
+}
+
 // CanonicalEnvelope is the canonical form of the event in an envelope's
 // JSON.
 func CanonicalEnvelope(data []byte) (Canonical, error) {
@@ -160,7 +174,7 @@ func reuse(b []byte) []byte {
 // payload canonicalizes the JSON value in p.data into p.canon.
 func (p *canonParser) payload() error {
 	var err error
-	if p.canon, err = p.value(reuse(p.canon), 0); err != nil {
+	if p.canon, err = p.payloadValue(reuse(p.canon)); err != nil {
 		return fmt.Errorf("payload: %w", err)
 	}
 	if p.skip(); p.i != len(p.data) {
@@ -194,7 +208,7 @@ func (p *canonParser) envelope(data []byte) error {
 			p.ts, _, err = p.strBytes()
 		case "payload":
 			hasPayload = true
-			p.canon, err = p.value(reuse(p.canon), 0)
+			p.canon, err = p.payloadValue(reuse(p.canon))
 		default:
 			_, err = p.value(nil, 0)
 		}
@@ -210,6 +224,141 @@ func (p *canonParser) envelope(data []byte) error {
 		return errors.New("envelope without a payload")
 	}
 	return nil
+}
+
+// payloadValue appends the canonical form of the payload at p.i to b. A
+// payload already in canonical form, as events.New writes every payload,
+// is checked (canonicalAt) and copied as it is; any other is rebuilt
+// (value). The check is tried on the payload as a whole only, so a
+// hostile payload costs at most one failed check before its rebuild.
+func (p *canonParser) payloadValue(b []byte) ([]byte, error) {
+	p.skip()
+	start := p.i
+	if !noVerbatim && p.canonicalAt(0) {
+		return append(b, p.data[start:p.i]...), nil
+	}
+	p.i = start
+	return p.value(b, 0)
+}
+
+// noVerbatim turns off payloadValue's check (the tests compare both ways).
+var noVerbatim = false
+
+// canonicalAt reports whether the value at p.i is in canonical form: what
+// value would write for it is its own bytes. It accepts the plainest such
+// form only, and says false for anything else, canonical or not: no
+// whitespace; objects whose keys are in strictly increasing order (no key
+// repeated); strings and keys of printable ASCII without escapes;
+// integers without sign on zero; true, false and null. It moves p.i past
+// the value when it says true, and to anywhere when it says false.
+func (p *canonParser) canonicalAt(depth int) bool {
+	if depth > maxCanonDepth || p.i >= len(p.data) {
+		return false
+	}
+	switch c := p.data[p.i]; {
+	case c == '{':
+		p.i++
+		if p.i < len(p.data) && p.data[p.i] == '}' {
+			p.i++
+			return true
+		}
+		var prev []byte
+		for first := true; ; first = false {
+			key, ok := p.plainString()
+			// Python sorts keys by code point: for ASCII, byte order.
+			if !ok || !first && bytes.Compare(prev, key) >= 0 || p.i >= len(p.data) || p.data[p.i] != ':' {
+				return false
+			}
+			prev = key
+			p.i++
+			if !p.canonicalAt(depth+1) || p.i >= len(p.data) {
+				return false
+			}
+			switch p.data[p.i] {
+			case ',':
+				p.i++
+			case '}':
+				p.i++
+				return true
+			default:
+				return false
+			}
+		}
+	case c == '[':
+		p.i++
+		if p.i < len(p.data) && p.data[p.i] == ']' {
+			p.i++
+			return true
+		}
+		for {
+			if !p.canonicalAt(depth+1) || p.i >= len(p.data) {
+				return false
+			}
+			switch p.data[p.i] {
+			case ',':
+				p.i++
+			case ']':
+				p.i++
+				return true
+			default:
+				return false
+			}
+		}
+	case c == '"':
+		_, ok := p.plainString()
+		return ok
+	case c == 't':
+		return p.literal("true")
+	case c == 'f':
+		return p.literal("false")
+	case c == 'n':
+		return p.literal("null")
+	case c == '-' || c >= '0' && c <= '9':
+		start := p.i
+		if c == '-' {
+			p.i++
+		}
+		digits := p.i
+		for p.i < len(p.data) && p.data[p.i] >= '0' && p.data[p.i] <= '9' {
+			p.i++
+		}
+		switch n := p.i - digits; {
+		case n == 0, n > 1 && p.data[digits] == '0': // "-", "01"
+			return false
+		case n == 1 && p.data[digits] == '0' && digits > start: // "-0" is written 0
+			return false
+		}
+		// A fraction or an exponent makes a float, written as Python's
+		// repr writes it: not checked here.
+		return p.i >= len(p.data) || p.data[p.i] != '.' && p.data[p.i] != 'e' && p.data[p.i] != 'E'
+	}
+	return false
+}
+
+// plainString reads the string at p.i when it is printable ASCII without
+// an escape (its own canonical form) and returns its contents; ok is false
+// for any other string and for anything that is not one.
+func (p *canonParser) plainString() (s []byte, ok bool) {
+	if p.i >= len(p.data) || p.data[p.i] != '"' {
+		return nil, false
+	}
+	start := p.i + 1
+	p.i++
+	for p.i+8 <= len(p.data) {
+		if m := strUnsafe(binary.LittleEndian.Uint64(p.data[p.i:])); m != 0 {
+			p.i += bits.TrailingZeros64(m) / 8
+			break
+		}
+		p.i += 8
+	}
+	for p.i < len(p.data) && strSafe[p.data[p.i]] {
+		p.i++
+	}
+	if p.i >= len(p.data) || p.data[p.i] != '"' {
+		return nil, false
+	}
+	p.i++
+	return p.data[start : p.i-1], true
 }
 
 // event appends the Head of the event (its payload canonicalized in

@@ -122,10 +122,15 @@ func ParseSubject(subject string) (attemptID string, t Type, err error) {
 	return attemptID, Type(typ), nil
 }
 
-// New builds the envelope of an event. The payload is marshalled as it is;
-// ref supplies the attempt and target ids of the envelope.
+// New builds the envelope of an event; ref supplies the attempt and target
+// ids of the envelope. The payload is marshalled in the chain's canonical
+// form (CanonicalJSON): the same JSON, with its keys sorted, which a
+// projector checks and hashes as it is.
 func New(t Type, actor string, ref Ref, payload any, now time.Time) (Envelope, error) {
 	raw, err := json.Marshal(payload)
+	if err == nil {
+		raw, err = CanonicalJSON(raw)
+	}
 	if err != nil {
 		return Envelope{}, fmt.Errorf("events: marshal %s payload: %w", t, err)
 	}
@@ -143,8 +148,18 @@ func New(t Type, actor string, ref Ref, payload any, now time.Time) (Envelope, e
 // Subject is the subject this envelope is published on.
 func (e Envelope) Subject() string { return Subject(e.AttemptID, e.EventType) }
 
-// Marshal encodes the envelope as JSON.
-func (e Envelope) Marshal() ([]byte, error) { return json.Marshal(e) }
+// Marshal encodes the envelope as JSON. '<', '>' and '&' are written as
+// they are, not as \u003c and the like, which would take a canonical
+// payload out of its canonical form.
+func (e Envelope) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(e); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
 
 // ErrNotEnvelope is returned by Decode for JSON that is not an envelope,
 // such as the bare request body a user publishes with `nats pub`.

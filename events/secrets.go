@@ -107,8 +107,12 @@ func FindCredential(data []byte) (field, what string) {
 // (user info), an '=' (a query) or a forge token's prefix. It spares the
 // patterns the bodies of nearly every request.
 func mayHoldCredential(data []byte) bool {
-	if bytes.ContainsAny(data, `\%@=`) {
-		return true
+	// A vectorised IndexByte for each of the four is several times faster
+	// than ContainsAny, which looks at the bytes one by one.
+	for _, c := range []byte(`\%@=`) {
+		if bytes.IndexByte(data, c) >= 0 {
+			return true
+		}
 	}
 	for _, prefix := range []string{"gh", "github_pat_", "glpat-"} {
 		if bytes.Contains(data, []byte(prefix)) {

@@ -179,3 +179,31 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		_ = decodeBareRequest(data, &r)
 	})
 }
+
+// BenchmarkDecodeEnvelope is a replay's decode worker: the graph's fields
+// and the chain's hash begun, per event of a realistic stream (the
+// stream's mix of types, as the services write them).
+func BenchmarkDecodeEnvelope(b *testing.B) {
+	var msgs [][]byte
+	size := 0
+	for _, env := range eventgen.Stream(800) {
+		data, err := env.Marshal()
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs = append(msgs, data)
+		size += len(data)
+	}
+	b.SetBytes(int64(size / len(msgs)))
+	b.ReportAllocs()
+	var it Item
+	i := 0
+	for b.Loop() {
+		it.DecodeEnvelope(uint64(i+1), msgs[i%len(msgs)])
+		if it.Err() != nil || !it.rec.chain {
+			b.Fatalf("message %d: %v, chained %v", i, it.Err(), it.rec.chain)
+		}
+		it.rec.pending.Finish(nil)
+		i++
+	}
+}
