@@ -153,6 +153,37 @@ func BeginEnvelope(data []byte) (Pending, error) {
 	return begin(c.Head, c.Tail), nil
 }
 
+// A Visitor is told of an event's members as BeginVisit reads them. At
+// level 0 they are the envelope's, other than the payload, and value is
+// a string's contents, decoded, or nil for any other value; plain says
+// the string was printable ASCII without an escape. At level 1 they are
+// the payload's, and value is the member's JSON, which is in canonical
+// form; plain says it holds no escape.
+type Visitor interface {
+	Member(level int, key, value []byte, plain bool)
+}
+
+// BeginVisit is BeginEnvelope for an envelope whose payload is an object
+// already in canonical form, as New writes every payload, telling v of
+// the members on the way: a projector reads such an event once for both
+// its hash and its fields. For any other document ok is false and nothing
+// is begun (v may have been told of members before that): such a document
+// is read with BeginEnvelope and a decoder of its own.
+func BeginVisit(data []byte, v Visitor) (pend Pending, ok bool) {
+	p := parsers.Get().(*canonParser)
+	defer p.release()
+	p.visitor = v
+	if err := p.envelope(data); err != nil {
+		return Pending{}, false
+	}
+	c := p.event(p.head[:0], p.tailBuf[:0], p.id, p.typ, p.actor, p.ts)
+	p.head, p.tailBuf = c.Head, c.Tail
+	return begin(c.Head, c.Tail), true
+}
+
+// errNotVisited ends BeginVisit's read of a document it does not take.
+var errNotVisited = errors.New("not an envelope with a canonical payload object")
+
 // parsers keeps canonParsers, whose buffers make most canonical forms
 // allocate only their result.
 var parsers = sync.Pool{New: func() any { return new(canonParser) }}
@@ -160,6 +191,7 @@ var parsers = sync.Pool{New: func() any { return new(canonParser) }}
 func (p *canonParser) release() {
 	p.data, p.i, p.ms = nil, 0, p.ms[:0]
 	p.id, p.typ, p.actor, p.ts = nil, nil, nil, nil
+	p.visitor = nil
 	parsers.Put(p)
 }
 
@@ -193,24 +225,48 @@ func (p *canonParser) envelope(data []byte) error {
 	hasPayload := false
 	err := p.members(func(key []byte, _ bool, _ int) error {
 		var err error
+		var str []byte // the member's value when it is a string, for the visitor
+		var plain bool
 		switch string(key) {
 		case "event_id":
-			p.id, _, err = p.strBytes()
+			p.id, plain, err = p.strBytes()
+			str = p.id
 		case "event_type":
-			p.typ, _, err = p.strBytes()
+			p.typ, plain, err = p.strBytes()
+			str = p.typ
 		case "actor_id":
 			if p.literal("null") {
 				p.actor = nil
-				return nil
+			} else {
+				p.actor, plain, err = p.strBytes()
 			}
-			p.actor, _, err = p.strBytes()
+			str = p.actor
 		case "timestamp":
-			p.ts, _, err = p.strBytes()
+			p.ts, plain, err = p.strBytes()
+			str = p.ts
 		case "payload":
+			if p.visitor == nil {
+				hasPayload = true
+				p.canon, err = p.payloadValue(reuse(p.canon))
+				return err
+			}
+			// Once, an object, in canonical form: what New writes.
+			start := p.i
+			if hasPayload || p.i >= len(p.data) || p.data[p.i] != '{' || !p.canonicalAt(0) {
+				return errNotVisited
+			}
 			hasPayload = true
-			p.canon, err = p.payloadValue(reuse(p.canon))
+			p.canon = append(reuse(p.canon), p.data[start:p.i]...)
+			return nil
 		default:
-			_, err = p.value(nil, 0)
+			if p.visitor != nil && p.i < len(p.data) && p.data[p.i] == '"' {
+				str, plain, err = p.strBytes()
+			} else {
+				_, err = p.value(nil, 0)
+			}
+		}
+		if err == nil && p.visitor != nil {
+			p.visitor.Member(0, key, str, plain)
 		}
 		return err
 	})
@@ -245,11 +301,11 @@ func (p *canonParser) payloadValue(b []byte) ([]byte, error) {
 var noVerbatim = false
 
 // canonicalAt reports whether the value at p.i is in canonical form: what
-// value would write for it is its own bytes. It accepts the plainest such
+// value would write for it is its own bytes. It accepts a part of that
 // form only, and says false for anything else, canonical or not: no
-// whitespace; objects whose keys are in strictly increasing order (no key
-// repeated); strings and keys of printable ASCII without escapes;
-// integers without sign on zero; true, false and null. It moves p.i past
+// whitespace; objects whose keys, printable ASCII without escapes, are in
+// strictly increasing order (no key repeated); strings in canonical form
+// (canonString); integers without sign on zero; true, false and null. It moves p.i past
 // the value when it says true, and to anywhere when it says false.
 func (p *canonParser) canonicalAt(depth int) bool {
 	if depth > maxCanonDepth || p.i >= len(p.data) {
@@ -271,8 +327,13 @@ func (p *canonParser) canonicalAt(depth int) bool {
 			}
 			prev = key
 			p.i++
+			vs := p.i
+			p.escaped = false
 			if !p.canonicalAt(depth+1) || p.i >= len(p.data) {
 				return false
+			}
+			if depth == 0 && p.visitor != nil {
+				p.visitor.Member(1, key, p.data[vs:p.i], !p.escaped)
 			}
 			switch p.data[p.i] {
 			case ',':
@@ -305,8 +366,7 @@ func (p *canonParser) canonicalAt(depth int) bool {
 			}
 		}
 	case c == '"':
-		_, ok := p.plainString()
-		return ok
+		return p.canonString()
 	case c == 't':
 		return p.literal("true")
 	case c == 'f':
@@ -333,6 +393,89 @@ func (p *canonParser) canonicalAt(depth int) bool {
 		return p.i >= len(p.data) || p.data[p.i] != '.' && p.data[p.i] != 'e' && p.data[p.i] != 'E'
 	}
 	return false
+}
+
+// canonString reads the string at p.i when it is in canonical form, as
+// appendPyString writes it: printable ASCII and the escapes Python's
+// json.dumps writes (\" \\ \n \r \t \b \f, and \u with lowercase hex for
+// other control characters, DEL and beyond ASCII, a surrogate pair beyond
+// U+FFFF). It says false for any other string, and for anything that is
+// not one.
+func (p *canonParser) canonString() bool {
+	if p.i >= len(p.data) || p.data[p.i] != '"' {
+		return false
+	}
+	for p.i++; ; {
+		for p.i+8 <= len(p.data) {
+			if m := strUnsafe(binary.LittleEndian.Uint64(p.data[p.i:])); m != 0 {
+				p.i += bits.TrailingZeros64(m) / 8
+				break
+			}
+			p.i += 8
+		}
+		for p.i < len(p.data) && strSafe[p.data[p.i]] {
+			p.i++
+		}
+		if p.i+1 >= len(p.data) {
+			return false
+		}
+		switch p.data[p.i] {
+		case '"':
+			p.i++
+			return true
+		case '\\':
+			p.escaped = true
+		default: // a raw control character, DEL or beyond ASCII
+			return false
+		}
+		switch p.data[p.i+1] {
+		case '"', '\\', 'n', 'r', 't', 'b', 'f':
+			p.i += 2
+			continue
+		case 'u':
+		default:
+			return false
+		}
+		r, ok := lowerHex4(p.data, p.i+2)
+		if !ok {
+			return false
+		}
+		p.i += 6
+		switch {
+		case r >= 0xd800 && r < 0xdc00: // a pair's first half, then its second
+			if p.i+6 > len(p.data) || p.data[p.i] != '\\' || p.data[p.i+1] != 'u' {
+				return false
+			}
+			if r2, ok := lowerHex4(p.data, p.i+2); !ok || r2 < 0xdc00 || r2 >= 0xe000 {
+				return false
+			}
+			p.i += 6
+		case r >= 0xdc00 && r < 0xe000: // a second half alone
+			return false
+		case r < 0x20 && r != '\b' && r != '\t' && r != '\n' && r != '\f' && r != '\r', r >= 0x7f:
+		default: // written as itself, or with its short escape
+			return false
+		}
+	}
+}
+
+// lowerHex4 reads the four lowercase hex digits at data[i].
+func lowerHex4(data []byte, i int) (rune, bool) {
+	if i+4 > len(data) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range data[i : i+4] {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
 }
 
 // plainString reads the string at p.i when it is printable ASCII without
@@ -478,6 +621,11 @@ type canonParser struct {
 	ms    []member
 	order []int32 // sortMembers
 	bufs  [][]byte
+
+	// visitor, when set, is told of the members read (BeginVisit);
+	// escaped says canonString met an escape since it was last cleared.
+	visitor Visitor
+	escaped bool
 
 	// The envelope's fields (in data, or decoded), its payload
 	// canonicalized, and the buffers of the canonical form.

@@ -68,6 +68,9 @@ var verbatimCases = []string{
 	`{"\u0061":1}`, `{"é":1,"z":2}`, `{"z":1,"é":2}`, `{"B":1,"a":2}`, `{"a":1,"B":2}`, `{"ab":1,"a":2}`,
 	`{"a":1,}`, `{"a":}`, `{"a"1}`, `[1,]`, `[,1]`, `{`, `[`, `"abc`, `tru`, `nul`, `{"a":tru}`, `[1 2]`,
 	`{"a":[{"b":[{"c":[]}]}]}`, `[[[[[[[[[[]]]]]]]]]]`,
+	// Escapes: those Python writes, and others.
+	`"\u00E9"`, `"\u000a"`, `"\u0001"`, `"\u001f"`, `"\u007f"`, `"\ud83d\ude00"`, `"\ud83d"`, `"\ude00"`, `"\ud83d\u0041"`,
+	`"\ud83dx"`, `"\u0022"`, `"\u0020"`, `"\t\b\f\r"`, `"\x"`, `"\u12"`, `"a\"`, `"\ufffd"`, `"\uffff"`, `{"a":"\"","b":"\\"}`,
 }
 
 // TestVerbatimMatchesRebuild: whatever the payload, the verbatim check
@@ -93,7 +96,7 @@ func TestNewWritesCanonicalPayloads(t *testing.T) {
 	pr := 17
 	for _, payload := range []any{
 		Request{Ref: ref, Target: Target{Name: "atlas", RepoURL: "https://github.com/acme/atlas.git", Branch: "main"},
-			Task: Task{ID: "T-42", Title: "Add <b>bold</b> & more", AllowedPaths: []string{BacklogPath}}},
+			Task: Task{ID: "T-42", Title: "Add <b>bold</b> & \"more\": café, 😀\n\x7f", AllowedPaths: []string{BacklogPath}}},
 		PROpened{Ref: ref, PRNumber: 17, PRURL: "https://github.com/acme/atlas/pull/17", Title: "Leviathan: <x> & y", State: "open"},
 		Succeeded{Ref: ref, Status: "succeeded", PRNumber: &pr},
 		Failed{Ref: ref, Status: "failed", Stage: "push", FailureType: PathViolation, ErrorSummary: "changed README.md", Deliveries: 1},

@@ -163,100 +163,106 @@ func firstBytes(bs ...[]byte) []byte {
 // task.
 func payloadAt(data []byte, i int, r *record, f *fields) (int, error) {
 	return members(data, i, 1, func(key []byte, i int) (int, error) {
-		var next int
-		var err error
-		switch string(key) {
-		case "attempt_id":
-			f.attempt, next, err = stringAt(data, i)
-		case "target_id":
-			f.target, next, err = stringAt(data, i)
-		case "task_id":
-			r.task, next, err = stringAt(data, i)
-		case "task_title":
-			f.taskTitle, next, err = stringAt(data, i)
-		case "status":
-			r.status, next, err = stringAt(data, i)
-		case "repo_url":
-			r.repoURL, next, err = stringAt(data, i)
-		case "branch":
-			r.branch, next, err = stringAt(data, i)
-		case "branch_name":
-			r.branchName, next, err = stringAt(data, i)
-		case "commit_sha":
-			r.commit, next, err = stringAt(data, i)
-		case "pr_number":
-			r.prNumber, next, err = integerAt(data, i)
-		case "seq":
-			r.dupSeq, next, err = integerAt(data, i)
-		case "pr_url":
-			r.prURL, next, err = stringAt(data, i)
-		case "title":
-			r.prTitle, next, err = stringAt(data, i)
-		case "state":
-			r.prState, next, err = stringAt(data, i)
-		case "repo":
-			r.repo, next, err = stringAt(data, i)
-		case "stage":
-			r.stage, next, err = stringAt(data, i)
-		case "failure_type":
-			r.failureType, next, err = stringAt(data, i)
-		case "error_summary":
-			f.summary, next, err = stringAt(data, i)
-		case "error":
-			f.errText, next, err = stringAt(data, i)
-		case "reason":
-			r.reason, next, err = stringAt(data, i)
-		case "field":
-			r.field, next, err = stringAt(data, i)
-		case "note":
-			r.note, next, err = stringAt(data, i)
-		case "artifact_id":
-			r.artifactID, next, err = stringAt(data, i)
-		case "sha256":
-			r.sha256, next, err = stringAt(data, i)
-		case "artifact_type":
-			r.artifactType, next, err = stringAt(data, i)
-		case "storage_path":
-			r.storagePath, next, err = stringAt(data, i)
-		case "size_bytes":
-			r.sizeBytes, next, err = integerAt(data, i)
-		case "target":
-			f.reqTarget, f.reqRepo = nil, nil
-			if i < len(data) && data[i] == '{' {
-				return members(data, i, 2, func(key []byte, i int) (int, error) {
-					switch string(key) {
-					case "name":
-						f.reqTarget, next, err = stringAt(data, i)
-					case "repo_url":
-						f.reqRepo, next, err = stringAt(data, i)
-					default:
-						next, err = skipValue(data, i, 2)
-					}
-					return next, err
-				})
-			}
-			next, err = skipValue(data, i, 1)
-		case "task":
-			f.reqTask, f.reqTitle = nil, nil
-			if i < len(data) && data[i] == '{' {
-				return members(data, i, 2, func(key []byte, i int) (int, error) {
-					switch string(key) {
-					case "id":
-						f.reqTask, next, err = stringAt(data, i)
-					case "title":
-						f.reqTitle, next, err = stringAt(data, i)
-					default:
-						next, err = skipValue(data, i, 2)
-					}
-					return next, err
-				})
-			}
-			next, err = skipValue(data, i, 1)
-		default:
-			next, err = skipValue(data, i, 1)
-		}
-		return next, err
+		return r.payloadMember(f, key, data, i, stringAt)
 	})
+}
+
+// payloadMember reads the payload member key whose value is at data[i],
+// and returns the index just past it; str reads a string field's value.
+func (r *record) payloadMember(f *fields, key, data []byte, i int, str func([]byte, int) ([]byte, int, error)) (int, error) {
+	var next int
+	var err error
+	switch string(key) {
+	case "attempt_id":
+		f.attempt, next, err = str(data, i)
+	case "target_id":
+		f.target, next, err = str(data, i)
+	case "task_id":
+		r.task, next, err = str(data, i)
+	case "task_title":
+		f.taskTitle, next, err = str(data, i)
+	case "status":
+		r.status, next, err = str(data, i)
+	case "repo_url":
+		r.repoURL, next, err = str(data, i)
+	case "branch":
+		r.branch, next, err = str(data, i)
+	case "branch_name":
+		r.branchName, next, err = str(data, i)
+	case "commit_sha":
+		r.commit, next, err = str(data, i)
+	case "pr_number":
+		r.prNumber, next, err = integerAt(data, i)
+	case "seq":
+		r.dupSeq, next, err = integerAt(data, i)
+	case "pr_url":
+		r.prURL, next, err = str(data, i)
+	case "title":
+		r.prTitle, next, err = str(data, i)
+	case "state":
+		r.prState, next, err = str(data, i)
+	case "repo":
+		r.repo, next, err = str(data, i)
+	case "stage":
+		r.stage, next, err = str(data, i)
+	case "failure_type":
+		r.failureType, next, err = str(data, i)
+	case "error_summary":
+		f.summary, next, err = str(data, i)
+	case "error":
+		f.errText, next, err = str(data, i)
+	case "reason":
+		r.reason, next, err = str(data, i)
+	case "field":
+		r.field, next, err = str(data, i)
+	case "note":
+		r.note, next, err = str(data, i)
+	case "artifact_id":
+		r.artifactID, next, err = str(data, i)
+	case "sha256":
+		r.sha256, next, err = str(data, i)
+	case "artifact_type":
+		r.artifactType, next, err = str(data, i)
+	case "storage_path":
+		r.storagePath, next, err = str(data, i)
+	case "size_bytes":
+		r.sizeBytes, next, err = integerAt(data, i)
+	case "target":
+		f.reqTarget, f.reqRepo = nil, nil
+		if i < len(data) && data[i] == '{' {
+			return members(data, i, 2, func(key []byte, i int) (int, error) {
+				switch string(key) {
+				case "name":
+					f.reqTarget, next, err = stringAt(data, i)
+				case "repo_url":
+					f.reqRepo, next, err = stringAt(data, i)
+				default:
+					next, err = skipValue(data, i, 2)
+				}
+				return next, err
+			})
+		}
+		next, err = skipValue(data, i, 1)
+	case "task":
+		f.reqTask, f.reqTitle = nil, nil
+		if i < len(data) && data[i] == '{' {
+			return members(data, i, 2, func(key []byte, i int) (int, error) {
+				switch string(key) {
+				case "id":
+					f.reqTask, next, err = stringAt(data, i)
+				case "title":
+					f.reqTitle, next, err = stringAt(data, i)
+				default:
+					next, err = skipValue(data, i, 2)
+				}
+				return next, err
+			})
+		}
+		next, err = skipValue(data, i, 1)
+	default:
+		next, err = skipValue(data, i, 1)
+	}
+	return next, err
 }
 
 // stringAt reads the value at data[i]: its contents if it is a string, nil

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"reflect"
 	"testing"
 	"time"
 
+	"github.com/leviathan-dev/leviathan/events"
 	"github.com/leviathan-dev/leviathan/events/eventgen"
 )
 
@@ -173,8 +175,12 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	// an eight-byte word, and invalid UTF-8.
 	f.Add([]byte(`{"event_type":"abcdefg","payload":{"task_id":"abcdefgh\\","status":"1234567é","title":"12345678\"x"}}`))
 	f.Add([]byte("{\"event_type\":\"x\",\"payload\":{\"task_id\":\"ab\xffcdefghij\",\"status\":\"\x80\"}}"))
+	for _, doc := range onePassCases {
+		f.Add([]byte(doc))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkAgainstReference(t, data)
+		checkOnePass(t, data)
 		var r record
 		_ = decodeBareRequest(data, &r)
 	})
@@ -206,4 +212,97 @@ func BenchmarkDecodeEnvelope(b *testing.B) {
 		it.rec.pending.Finish(nil)
 		i++
 	}
+}
+
+// allFields is every field of r but its hash, by name, bytes as strings.
+func allFields(r *record) map[string]string {
+	out := map[string]string{}
+	v := reflect.ValueOf(r).Elem()
+	for i := range v.NumField() {
+		switch f := v.Field(i); f.Kind() {
+		case reflect.Slice:
+			out[v.Type().Field(i).Name] = string(f.Bytes())
+		case reflect.Int64, reflect.Uint64:
+			out[v.Type().Field(i).Name] = fmt.Sprint(f)
+		}
+	}
+	return out
+}
+
+// checkOnePass decodes data with decodeOnce allowed and without it, and
+// fails unless both give the same item: the same fields, error and hash.
+func checkOnePass(t *testing.T, data []byte) (tookOnePass bool) {
+	t.Helper()
+	decode := func(once bool) (it Item, hash events.Pending) {
+		noOnePass = !once
+		defer func() { noOnePass = false }()
+		it.DecodeEnvelope(7, data)
+		if once {
+			var probe Item
+			tookOnePass = probe.decodeOnce(data)
+			if probe.rec.pending.Valid() {
+				probe.rec.pending.Finish(nil)
+			}
+		}
+		hash, it.rec.pending = it.rec.pending, events.Pending{}
+		it.f = fields{}
+		return it, hash
+	}
+	a, ha := decode(true)
+	b, hb := decode(false)
+	if fa, fb := allFields(&a.rec), allFields(&b.rec); !reflect.DeepEqual(fa, fb) || a.rec.chain != b.rec.chain ||
+		(a.err == nil) != (b.err == nil) || ha.Valid() != hb.Valid() {
+		t.Fatalf("one pass %v (chained %v, err %v)\ntwo passes %v (chained %v, err %v)\n%q",
+			fa, a.rec.chain, a.err, fb, b.rec.chain, b.err, data)
+	}
+	if ha.Valid() {
+		if x, y := ha.Finish(nil), hb.Finish(nil); x != y {
+			t.Fatalf("one pass hashes %x, two passes %x\n%q", x, y, data)
+		}
+	}
+	return tookOnePass
+}
+
+// TestOnePassMatchesTwo: an event as the services write it is read in one
+// pass, and whatever the message, that pass gives what the two give.
+func TestOnePassMatchesTwo(t *testing.T) {
+	for i, env := range eventgen.Stream(400) {
+		data, err := env.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !checkOnePass(t, data) {
+			t.Errorf("event %d (%s) was not read in one pass: %s", i, env.EventType, data)
+		}
+	}
+	for _, env := range eventgen.Python("a-1", "demo") {
+		data, _ := env.Marshal()
+		checkOnePass(t, data)
+	}
+	for _, doc := range onePassCases {
+		checkOnePass(t, []byte(doc))
+	}
+}
+
+// onePassCases are envelopes around the edges of what decodeOnce takes.
+var onePassCases = []string{
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"a":1,"task_id":"T"}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"task_id":"T","a":1}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"a":1},"payload":{"b":2}}`,
+	`{"event_id":"e","event_type":"x","payload":{"attempt_id":"p","pr_number":12,"size_bytes":-3}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":[1]}`,
+	`{"event_id":"e","event_type":"","attempt_id":"a","payload":{}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"","payload":{}}`,
+	`{"event_id":5,"event_type":"x","attempt_id":"a","payload":{}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":5,"target_id":null,"payload":{"attempt_id":"p","target_id":"q"}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a\u00e9\ud800","actor_id":null,"payload":{}}`,
+	"{\"event_id\":\"e\",\"event_type\":\"x\",\"attempt_id\":\"a\xff\",\"actor_id\":\"\x01\",\"payload\":{}}",
+	"{\"event_id\":\"e\",\"event_type\":\"x\",\"attempt_id\":\"a\",\"other\":\"\x01\",\"payload\":{}}",
+	`{"event_id":"e","event_type":"x","attempt_id":"a","timestamp":"2026-01-01T00:00:00.5Z","payload":{}} `,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"target":{"name":"t","repo_url":"u"},"task":{"id":"T","title":"tt"}}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"target":"t","task":[{"id":"T"}]}}`,
+	`{"event_id":"e","event_type":"attempt.requested","attempt_id":"a","payload":{"target":{"repo_url":"https://x:ghp_abcdefghijklmnopqrstuvwxyz0123456789@h/r"}}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"pr_number":1.5,"seq":1e2}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"pr_number":9007199254740993}}`,
+	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{}}x`,
 }
