@@ -5,7 +5,6 @@ package clone
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -178,7 +177,10 @@ func (s *Service) Submit(ctx context.Context, body []byte, actor string) events.
 	if err != nil {
 		return events.SubmitResponse{Error: err.Error()}
 	}
-	data, _ := json.Marshal(env)
+	data, err := env.Marshal()
+	if err != nil {
+		return events.SubmitResponse{Error: err.Error()}
+	}
 	ack, retried, err := s.publishRequest(ctx, env.Subject(), data, env.EventID)
 	if err != nil {
 		return events.SubmitResponse{AttemptID: req.AttemptID, Error: "publish: " + err.Error()}
