@@ -406,16 +406,7 @@ func (p *canonParser) canonString() bool {
 		return false
 	}
 	for p.i++; ; {
-		for p.i+8 <= len(p.data) {
-			if m := strUnsafe(binary.LittleEndian.Uint64(p.data[p.i:])); m != 0 {
-				p.i += bits.TrailingZeros64(m) / 8
-				break
-			}
-			p.i += 8
-		}
-		for p.i < len(p.data) && strSafe[p.data[p.i]] {
-			p.i++
-		}
+		p.skipSafe()
 		if p.i+1 >= len(p.data) {
 			return false
 		}
@@ -459,6 +450,21 @@ func (p *canonParser) canonString() bool {
 	}
 }
 
+// skipSafe moves p.i past the bytes strSafe marks, eight at a time while
+// it can.
+func (p *canonParser) skipSafe() {
+	for p.i+8 <= len(p.data) {
+		if m := strUnsafe(binary.LittleEndian.Uint64(p.data[p.i:])); m != 0 {
+			p.i += bits.TrailingZeros64(m) / 8
+			return
+		}
+		p.i += 8
+	}
+	for p.i < len(p.data) && strSafe[p.data[p.i]] {
+		p.i++
+	}
+}
+
 // lowerHex4 reads the four lowercase hex digits at data[i].
 func lowerHex4(data []byte, i int) (rune, bool) {
 	if i+4 > len(data) {
@@ -487,16 +493,7 @@ func (p *canonParser) plainString() (s []byte, ok bool) {
 	}
 	start := p.i + 1
 	p.i++
-	for p.i+8 <= len(p.data) {
-		if m := strUnsafe(binary.LittleEndian.Uint64(p.data[p.i:])); m != 0 {
-			p.i += bits.TrailingZeros64(m) / 8
-			break
-		}
-		p.i += 8
-	}
-	for p.i < len(p.data) && strSafe[p.data[p.i]] {
-		p.i++
-	}
+	p.skipSafe()
 	if p.i >= len(p.data) || p.data[p.i] != '"' {
 		return nil, false
 	}
