@@ -191,7 +191,10 @@ func (p *Projector) catchUp(ctx context.Context, stream string, start, target ui
 				failed = errors.New("range not read to its end")
 			}
 		}
-		clear(s.items) // drop the references to message data
+		// Not cleared: the items go straight back to a range being
+		// fetched, and decoding into an item sets all of it, which drops
+		// the old message's data then. (Clearing them too cost 1% of a
+		// replay's CPU: zeroing pointers while the collector runs.)
 		pool = append(pool, s.items[:0])
 		enqueue()
 	}
