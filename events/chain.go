@@ -159,16 +159,25 @@ func BeginEnvelope(data []byte) (Pending, error) {
 // the string was printable ASCII without an escape. At level 1 they are
 // the payload's, and value is the member's JSON, which is in canonical
 // form; plain says it holds no escape.
+//
+// A payload object that is not in canonical form (an event written by
+// another program, or before New wrote canonical payloads) is rebuilt for
+// the hash, and Payload is told where it starts in data instead: it reads
+// the payload itself, forgetting what Member told it of it, and says
+// false when it cannot.
 type Visitor interface {
 	Member(level int, key, value []byte, plain bool)
+	Payload(data []byte, i int) bool
 }
 
-// BeginVisit is BeginEnvelope for an envelope whose payload is an object
-// already in canonical form, as New writes every payload, telling v of
-// the members on the way: a projector reads such an event once for both
-// its hash and its fields. For any other document ok is false and nothing
-// is begun (v may have been told of members before that): such a document
-// is read with BeginEnvelope and a decoder of its own.
+// BeginVisit is BeginEnvelope for an envelope whose payload is an object,
+// telling v of its members on the way: a projector reads an event once for
+// both its hash and its fields, and the payload once more only when it is
+// not in canonical form, as New writes every payload. For any other
+// document (one without a payload object, or with two payloads, or that
+// BeginEnvelope refuses) ok is false and nothing is begun (v may have been
+// told of members before that): such a document is read with
+// BeginEnvelope and a decoder of its own.
 func BeginVisit(data []byte, v Visitor) (pend Pending, ok bool) {
 	p := parsers.Get().(*canonParser)
 	defer p.release()
@@ -250,13 +259,25 @@ func (p *canonParser) envelope(data []byte) error {
 				p.canon, err = p.payloadValue(reuse(p.canon))
 				return err
 			}
-			// Once, an object, in canonical form: what New writes.
+			// Once, an object; in canonical form, what New writes, its
+			// members are told of on the way, else it is rebuilt and the
+			// visitor reads it.
 			start := p.i
-			if hasPayload || p.i >= len(p.data) || p.data[p.i] != '{' || !p.canonicalAt(0) {
+			if hasPayload || p.i >= len(p.data) || p.data[p.i] != '{' {
 				return errNotVisited
 			}
 			hasPayload = true
-			p.canon = append(reuse(p.canon), p.data[start:p.i]...)
+			if !noVerbatim && p.canonicalAt(0) {
+				p.canon = append(reuse(p.canon), p.data[start:p.i]...)
+				return nil
+			}
+			p.i = start
+			if p.canon, err = p.value(reuse(p.canon), 0); err != nil {
+				return err
+			}
+			if !p.visitor.Payload(p.data, start) {
+				return errNotVisited
+			}
 			return nil
 		default:
 			if p.visitor != nil && p.i < len(p.data) && p.data[p.i] == '"' {

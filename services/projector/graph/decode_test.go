@@ -189,31 +189,34 @@ func FuzzDecodeEnvelope(f *testing.F) {
 
 // BenchmarkDecodeEnvelope is a replay's decode worker: the graph's fields
 // and the chain's hash begun, per event of a realistic stream (the
-// stream's mix of types). "canonical" is the events as the services
-// write them (read in one pass); "two-pass" the same events with a space
-// added before the payload's closing brace, which the one pass refuses
-// only at that brace: the worst case for a stream written before payloads
-// were canonical, which is read twice after the one pass gave up.
+// stream's mix of types). "canonical" is the events as the services write
+// them, read in one pass. The others are read in two after the one pass
+// gave up: "struct-order" the same events as the services wrote them
+// before their payloads were canonical (keys in the Go struct's order,
+// json.Marshal's escapes), which the one pass refuses at the first key
+// out of order; "worst" the canonical events with a space added before
+// the payload's closing brace, which it refuses only there.
 func BenchmarkDecodeEnvelope(b *testing.B) {
-	var msgs, spaced [][]byte
+	var canonical, worst [][]byte
 	size := 0
 	for _, env := range eventgen.Stream(800) {
 		data, err := env.Marshal()
 		if err != nil {
 			b.Fatal(err)
 		}
-		msgs = append(msgs, data)
+		canonical = append(canonical, data)
 		size += len(data)
 		end := bytes.LastIndexByte(data, '}') // the envelope's; the payload's is the one before
 		end = bytes.LastIndexByte(data[:end], '}')
-		spaced = append(spaced, append(append(append([]byte{}, data[:end]...), ' '), data[end:]...))
+		worst = append(worst, append(append(append([]byte{}, data[:end]...), ' '), data[end:]...))
 	}
+	structOrder := structOrderStream(b, 800)
 	for _, bench := range []struct {
 		name string
 		msgs [][]byte
-	}{{"canonical", msgs}, {"two-pass", spaced}} {
+	}{{"canonical", canonical}, {"struct-order", structOrder}, {"worst", worst}} {
 		b.Run(bench.name, func(b *testing.B) {
-			b.SetBytes(int64(size / len(msgs)))
+			b.SetBytes(int64(size / len(canonical)))
 			b.ReportAllocs()
 			var it Item
 			i := 0
@@ -290,6 +293,9 @@ func TestOnePassMatchesTwo(t *testing.T) {
 			t.Errorf("event %d (%s) was not read in one pass: %s", i, env.EventType, data)
 		}
 	}
+	for _, data := range structOrderStream(t, 400) {
+		checkOnePass(t, data)
+	}
 	for _, env := range eventgen.Python("a-1", "demo") {
 		data, _ := env.Marshal()
 		checkOnePass(t, data)
@@ -320,4 +326,41 @@ var onePassCases = []string{
 	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"pr_number":1.5,"seq":1e2}}`,
 	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{"pr_number":9007199254740993}}`,
 	`{"event_id":"e","event_type":"x","attempt_id":"a","payload":{}}x`,
+}
+
+// structOrderStream is eventgen's stream as the services wrote it before
+// payloads were canonical: each payload marshalled from its Go struct
+// (keys in the struct's order, json.Marshal's escapes), and the envelope
+// too.
+func structOrderStream(tb testing.TB, n int) [][]byte {
+	payloadOf := map[events.Type]func() any{
+		events.AttemptRequested: func() any { return new(events.Request) },
+		events.AttemptCreated:   func() any { return new(events.Created) },
+		events.AttemptStarted:   func() any { return new(events.Started) },
+		events.RepoFetched:      func() any { return new(events.Fetched) },
+		events.BacklogEdited:    func() any { return new(events.Edited) },
+		events.BacklogUnchanged: func() any { return new(events.Edited) },
+		events.BranchPushed:     func() any { return new(events.Pushed) },
+		events.PRCreated:        func() any { return new(events.PROpened) },
+		events.AttemptSucceeded: func() any { return new(events.Succeeded) },
+		events.AttemptFailed:    func() any { return new(events.Failed) },
+		events.AttemptRejected:  func() any { return new(events.Rejected) },
+	}
+	var out [][]byte
+	for _, env := range eventgen.Stream(n) {
+		v := payloadOf[env.EventType]()
+		if err := json.Unmarshal(env.Payload, v); err != nil {
+			tb.Fatal(err)
+		}
+		var err error
+		if env.Payload, err = json.Marshal(v); err != nil {
+			tb.Fatal(err)
+		}
+		data, err := json.Marshal(env)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, data)
+	}
+	return out
 }

@@ -60,12 +60,13 @@ func (it *Item) DecodeEnvelope(seq uint64, data []byte) {
 	it.uid, it.isUUID = parseUUID(it.rec.id)
 }
 
-// decodeOnce reads an event as events.New writes it, its payload an
-// object in the chain's canonical form, in one pass for both its fields
-// and its hash (events.BeginVisit), where any other message is read twice
-// (decodeEnvelope, then canonicalize). It gives the same record as those
-// two (FuzzDecodeEnvelope compares them) and says false, having begun
-// nothing, for any message it does not take.
+// decodeOnce reads an envelope with a payload object in one pass for both
+// its fields and its hash (events.BeginVisit; a payload not in the
+// chain's canonical form, as events.New writes it, is read twice), where
+// any other message is read twice (decodeEnvelope, then canonicalize).
+// It gives the same record as those two (FuzzDecodeEnvelope compares
+// them) and says false, having begun nothing, for any message it does not
+// take.
 func (it *Item) decodeOnce(data []byte) bool {
 	if noOnePass {
 		return false
@@ -124,6 +125,15 @@ func (it *Item) Member(level int, key, value []byte, plain bool) {
 	case "target_id":
 		r.target = value
 	}
+}
+
+// Payload reads a payload that is not in canonical form, at data[i], for
+// events.BeginVisit (decodeOnce), as decodeEnvelope reads it.
+func (it *Item) Payload(data []byte, i int) bool {
+	it.rec.clearPayload()
+	it.f = fields{}
+	_, err := payloadAt(data, i, &it.rec, &it.f)
+	return err == nil
 }
 
 // plainCanonical is stringAt for a whole value in canonical form without
