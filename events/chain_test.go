@@ -107,3 +107,23 @@ func BenchmarkBeginEnvelope(b *testing.B) {
 		p.Finish(nil)
 	}
 }
+
+// BenchmarkNew is what publishing an event costs before the network: the
+// payload marshalled, in canonical form, and the envelope.
+func BenchmarkNew(b *testing.B) {
+	ref := events.Ref{AttemptID: "a-20261130-034108-9f2c", TaskID: "T-42", TargetID: "atlas"}
+	payload := events.PROpened{Ref: ref, PRNumber: 17, PRURL: "https://github.com/acme/atlas/pull/17",
+		BranchName: "agent/backlog-propose-a-20261130-034108-9f2c", CommitSHA: "0123456789abcdef0123456789abcdef01234567",
+		Title: "Leviathan: Propose backlog entry", State: "open"}
+	at := time.Date(2026, 11, 30, 3, 41, 8, 123456789, time.UTC)
+	b.ReportAllocs()
+	for b.Loop() {
+		env, err := events.New(events.PRCreated, "pr-7f3a", ref, payload, at)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := env.Marshal(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
