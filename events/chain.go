@@ -191,7 +191,7 @@ func BeginVisit(data []byte, v Visitor) (pend Pending, ok bool) {
 }
 
 // errNotVisited ends BeginVisit's read of a document it does not take.
-var errNotVisited = errors.New("not an envelope with a canonical payload object")
+var errNotVisited = errors.New("not an envelope with one payload object")
 
 // parsers keeps canonParsers, whose buffers make most canonical forms
 // allocate only their result.
@@ -326,8 +326,10 @@ var noVerbatim = false
 // form only, and says false for anything else, canonical or not: no
 // whitespace; objects whose keys, printable ASCII without escapes, are in
 // strictly increasing order (no key repeated); strings in canonical form
-// (canonString); integers without sign on zero; true, false and null. It moves p.i past
-// the value when it says true, and to anywhere when it says false.
+// (canonString); integers without sign on zero; true, false and null. It
+// moves p.i past the value when it says true, and to anywhere when it
+// says false. With a visitor, it tells it of the members of the object at
+// depth 0 (the payload).
 func (p *canonParser) canonicalAt(depth int) bool {
 	if depth > maxCanonDepth || p.i >= len(p.data) {
 		return false
