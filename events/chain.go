@@ -215,7 +215,7 @@ func reuse(b []byte) []byte {
 // payload canonicalizes the JSON value in p.data into p.canon.
 func (p *canonParser) payload() error {
 	var err error
-	if p.canon, err = p.payloadValue(reuse(p.canon)); err != nil {
+	if p.canon, _, err = p.payloadValue(reuse(p.canon)); err != nil {
 		return fmt.Errorf("payload: %w", err)
 	}
 	if p.skip(); p.i != len(p.data) {
@@ -254,28 +254,19 @@ func (p *canonParser) envelope(data []byte) error {
 			p.ts, plain, err = p.strBytes()
 			str = p.ts
 		case "payload":
-			if p.visitor == nil {
-				hasPayload = true
-				p.canon, err = p.payloadValue(reuse(p.canon))
-				return err
-			}
-			// Once, an object; in canonical form, what New writes, its
-			// members are told of on the way, else it is rebuilt and the
-			// visitor reads it.
+			// With a visitor: once, an object. In canonical form, what New
+			// writes, its members are told of on the way; else it is
+			// rebuilt and the visitor reads it.
 			start := p.i
-			if hasPayload || p.i >= len(p.data) || p.data[p.i] != '{' {
+			if p.visitor != nil && (hasPayload || p.i >= len(p.data) || p.data[p.i] != '{') {
 				return errNotVisited
 			}
 			hasPayload = true
-			if !noVerbatim && p.canonicalAt(0) {
-				p.canon = append(reuse(p.canon), p.data[start:p.i]...)
-				return nil
-			}
-			p.i = start
-			if p.canon, err = p.value(reuse(p.canon), 0); err != nil {
+			var copied bool
+			if p.canon, copied, err = p.payloadValue(reuse(p.canon)); err != nil {
 				return err
 			}
-			if !p.visitor.Payload(p.data, start) {
+			if p.visitor != nil && !copied && !p.visitor.Payload(p.data, start) {
 				return errNotVisited
 			}
 			return nil
@@ -306,16 +297,18 @@ func (p *canonParser) envelope(data []byte) error {
 // payloadValue appends the canonical form of the payload at p.i to b. A
 // payload already in canonical form, as events.New writes every payload,
 // is checked (canonicalAt) and copied as it is; any other is rebuilt
-// (value). The check is tried on the payload as a whole only, so a
-// hostile payload costs at most one failed check before its rebuild.
-func (p *canonParser) payloadValue(b []byte) ([]byte, error) {
+// (value); copied says which. The check is tried on the payload as a
+// whole only, so a hostile payload costs at most one failed check before
+// its rebuild.
+func (p *canonParser) payloadValue(b []byte) (_ []byte, copied bool, err error) {
 	p.skip()
 	start := p.i
 	if !noVerbatim && p.canonicalAt(0) {
-		return append(b, p.data[start:p.i]...), nil
+		return append(b, p.data[start:p.i]...), true, nil
 	}
 	p.i = start
-	return p.value(b, 0)
+	b, err = p.value(b, 0)
+	return b, false, err
 }
 
 // noVerbatim turns off payloadValue's check (the tests compare both ways).
