@@ -53,6 +53,11 @@ type bench struct {
 	js       jetstream.JetStream
 	ends     *terminals
 	lastIDs  []string // of the last level, in order
+	// dead is closed when a process of the stack exits without being
+	// asked to; deadMsg says which and how.
+	dead     chan struct{}
+	deadOnce sync.Once
+	deadMsg  string
 }
 
 func measure(ctx context.Context, cfg config, root string) (*Results, error) {
@@ -69,7 +74,12 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &bench{cfg: cfg, dir: dir, bin: bin, procs: map[string]*proc{}}
+	if cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	b := &bench{cfg: cfg, dir: dir, bin: bin, procs: map[string]*proc{}, dead: make(chan struct{})}
 	defer b.stop()
 	if err := b.start(ctx, natsBin); err != nil {
 		return nil, err
@@ -232,6 +242,12 @@ func (b *bench) service(name, forgeURL string) *proc {
 
 func (b *bench) add(p *proc) error {
 	p.logDir = b.cfg.logDir
+	p.onExit = func(p *proc) {
+		b.deadOnce.Do(func() {
+			b.deadMsg = fmt.Sprintf("%s exited during the benchmark (%v)", p.name, p.waitErr)
+			close(b.dead)
+		})
+	}
 	if err := p.start(); err != nil {
 		return err
 	}
@@ -343,6 +359,12 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 					why = fmt.Sprintf("%s %s: %s", id, end.typ, end.data)
 					mu.Unlock()
 				}
+			case <-b.dead:
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = fmt.Errorf("%s, attempt %s of %s had not ended\n%s", b.deadMsg, id, name, b.logs())
+				}
+				mu.Unlock()
 			case <-time.After(time.Until(deadline)):
 				mu.Lock()
 				if firstErr == nil {

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,12 @@ type proc struct {
 	// <name>.log.
 	logDir string
 	log    *os.File
+	// done is closed when the process has exited; onExit, when set, is
+	// called then unless stop asked it to.
+	done     chan struct{}
+	waitErr  error
+	stopping atomic.Bool
+	onExit   func(*proc)
 }
 
 func (p *proc) start() error {
@@ -54,6 +61,14 @@ func (p *proc) start() error {
 	if err := p.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
+	p.done = make(chan struct{})
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.done)
+		if !p.stopping.Load() && p.onExit != nil {
+			p.onExit(p)
+		}
+	}()
 	return nil
 }
 
@@ -62,14 +77,13 @@ func (p *proc) stop() {
 	if p.cmd == nil || p.cmd.Process == nil {
 		return
 	}
+	p.stopping.Store(true)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-p.done:
 	case <-time.After(20 * time.Second):
 		_ = p.cmd.Process.Kill()
-		<-done
+		<-p.done
 	}
 	p.cmd = nil
 	if p.log != nil {
