@@ -30,8 +30,10 @@ import (
 //   - pr: forge.EnsurePR with the guard pr runs (OpenPRs, the task and
 //     capacity checks), pr.Title and pr.Body.
 //
-// The driver is built as pr builds it, with pacing off.
-func inProcess(ctx context.Context, forgeURL string, n int, targets []string, prefix string) (Result, []Step, error) {
+// The driver is built as pr builds it, with pacing off. The Result keeps
+// every attempt's latency (for combine), and parts holds each attempt's
+// time in each of chainSteps.
+func inProcess(ctx context.Context, forgeURL string, n int, targets []string, prefix string) (r Result, parts [][]float64, err error) {
 	driver, err := forge.NewGitHub(forge.GitHubConfig{Token: forgeToken, BaseURL: forgeURL + "/api/v3/", MinInterval: time.Nanosecond})
 	if err != nil {
 		return Result{}, nil, err
@@ -39,7 +41,7 @@ func inProcess(ctx context.Context, forgeURL string, n int, targets []string, pr
 	room := n + 1
 	pol := policy.Policy{MaxOpenPRs: &room}
 	lat := make([]float64, n)
-	parts := make([][]float64, len(chainSteps))
+	parts = make([][]float64, len(chainSteps))
 	start := time.Now()
 	for i := range n {
 		t0 := time.Now()
@@ -53,12 +55,17 @@ func inProcess(ctx context.Context, forgeURL string, n int, targets []string, pr
 		}
 	}
 	took := time.Since(start)
+	return Result{Attempts: n, AttemptsPerS: float64(n) / took.Seconds(),
+		P50S: quantile(lat, 0.5), P95S: quantile(lat, 0.95), P99S: quantile(lat, 0.99), lat: lat}, parts, nil
+}
+
+// inProcessSteps is the median of each part of the chain.
+func inProcessSteps(parts [][]float64) []Step {
 	steps := make([]Step, len(chainSteps))
 	for k, name := range chainSteps {
 		steps[k] = Step{From: name, P50Ms: quantile(parts[k], 0.5) * 1e3}
 	}
-	return Result{Attempts: n, AttemptsPerS: float64(n) / took.Seconds(),
-		P50S: quantile(lat, 0.5), P95S: quantile(lat, 0.95), P99S: quantile(lat, 0.99)}, steps, nil
+	return steps
 }
 
 // chainSteps name the parts of chain's time.

@@ -70,7 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.n, "n", 300, "attempts per concurrency and round")
 	fs.IntVar(&cfg.runs, "runs", 3, "rounds, each of every concurrency; throughput is their median")
 	fs.IntVar(&cfg.targets, "targets", 16, "target repositories per concurrency")
-	fs.IntVar(&cfg.inproc, "inprocess-n", 100, "attempts of the in-process chain (concurrency 1)")
+	fs.IntVar(&cfg.inproc, "inprocess-n", 100, "attempts of the in-process chain per round (concurrency 1, after the round's concurrency 1)")
 	fs.DurationVar(&cfg.rtt, "rtt", 50*time.Millisecond, "round-trip time of the WAN phase (0 skips it)")
 	fs.IntVar(&cfg.rttN, "rtt-n", 15, "attempts of the WAN phase (concurrency 1)")
 	fs.StringVar(&cfg.out, "out", "bench/results.json", "results file (the \"pipeline\" key is replaced; \"-\" writes none)")
@@ -143,6 +143,8 @@ type Results struct {
 	Pacing   string            `json:"pacing"`
 	Levels   map[string]Result `json:"-"`
 	Overhead float64           `json:"overhead_ratio_c1,omitempty"`
+	// OverheadRounds is each round's ratio of the same p50s.
+	OverheadRounds []float64 `json:"overhead_ratio_c1_rounds,omitempty"`
 	// CPU per attempt of each process over every pipeline attempt of
 	// the run (all concurrencies).
 	CPUms map[string]float64 `json:"cpu_ms_per_attempt"`
@@ -217,7 +219,11 @@ func printResults(w io.Writer, cfg config, r *Results) {
 		fmt.Fprintf(w, "%-14s %9d %9.1f %15s %9.1f %9.1f %9.1f\n", k, l.Attempts-l.Failed, l.AttemptsPerS, spread, l.P50S*1e3, l.P95S*1e3, l.P99S*1e3)
 	}
 	if r.Overhead > 0 {
-		fmt.Fprintf(w, "\npipeline / in-process p50 at concurrency 1: %.2f\n", r.Overhead)
+		fmt.Fprintf(w, "\npipeline / in-process p50 at concurrency 1: %.2f", r.Overhead)
+		if len(r.OverheadRounds) > 1 {
+			fmt.Fprintf(w, " (rounds: %s)", joinFloats(r.OverheadRounds, "%.2f"))
+		}
+		fmt.Fprintln(w)
 	}
 	if len(r.Steps) > 0 {
 		fmt.Fprintf(w, "\nwhere an attempt's time goes at concurrency 1 (median between its events, as stored):\n")
@@ -306,4 +312,13 @@ func moduleRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// joinFloats formats each of xs with format, separated by commas.
+func joinFloats(xs []float64, format string) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(s, ", ")
 }

@@ -74,9 +74,11 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.profileDir != "" {
-		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
-			return nil, err
+	for _, d := range []string{cfg.profileDir, cfg.logDir} {
+		if d != "" {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return nil, err
+			}
 		}
 	}
 	b := &bench{cfg: cfg, dir: dir, bin: bin, procs: map[string]*proc{}, dead: make(chan struct{})}
@@ -90,12 +92,14 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 		Services: append([]string{"nats-server", "localforge"}, b.serviceNames()...)}
 	total := map[string]time.Duration{}
 	attempts := 0
-	// Rounds: each runs every concurrency once, so that a change in the
-	// machine's speed during the run weighs on every concurrency alike;
-	// each level's figures are over all its rounds.
+	// Rounds: each runs every concurrency once, and the in-process chain
+	// right after concurrency 1, so that a change in the machine's speed
+	// during the run weighs on every concurrency alike and on both sides
+	// of the overhead ratio; each level's figures are over all its rounds.
 	byLevel := map[string][]Result{}
+	var inParts [][]float64
 	for round := range cfg.runs {
-		for _, c := range cfg.conc {
+		for i, c := range cfg.conc {
 			name := fmt.Sprint("c", c)
 			targets, err := b.targets(ctx, fmt.Sprintf("%s-r%d", name, round), cfg.targets, cfg.n)
 			if err != nil {
@@ -130,6 +134,31 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 			}
 			attempts += cfg.n
 			fmt.Fprintf(cfg.progress, "pipebench:   %.1f attempts/s, p50 %.0f ms, p99 %.0f ms\n", r.AttemptsPerS, r.P50S*1e3, r.P99S*1e3)
+			// After concurrency 1, or after the round's last level when
+			// the run has no concurrency 1.
+			if cfg.inproc == 0 || (c != 1 && (slices.Contains(cfg.conc, 1) || i < len(cfg.conc)-1)) {
+				continue
+			}
+			fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts of the in-process chain\n", round+1, cfg.runs, cfg.inproc)
+			itargets, err := b.targets(ctx, fmt.Sprintf("inproc-r%d", round), cfg.targets, cfg.inproc)
+			if err != nil {
+				return nil, err
+			}
+			ir, parts, err := inProcess(ctx, b.forgeURL, cfg.inproc, itargets, fmt.Sprintf("ip-r%d", round))
+			if err != nil {
+				return nil, err
+			}
+			byLevel["inprocess_c1"] = append(byLevel["inprocess_c1"], ir)
+			if c == 1 && ir.P50S > 0 {
+				res.OverheadRounds = append(res.OverheadRounds, r.P50S/ir.P50S)
+			}
+			if inParts == nil {
+				inParts = make([][]float64, len(parts))
+			}
+			for k := range parts {
+				inParts[k] = append(inParts[k], parts[k]...)
+			}
+			fmt.Fprintf(cfg.progress, "pipebench:   %.1f attempts/s, p50 %.0f ms, p99 %.0f ms\n", ir.AttemptsPerS, ir.P50S*1e3, ir.P99S*1e3)
 		}
 	}
 	for name, rs := range byLevel {
@@ -138,20 +167,10 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 	for s, t := range total {
 		res.CPUms[s] = float64(t) / float64(time.Millisecond) / float64(attempts)
 	}
-	if cfg.inproc > 0 {
-		fmt.Fprintf(cfg.progress, "pipebench: %d attempts of the in-process chain\n", cfg.inproc)
-		targets, err := b.targets(ctx, "inproc", cfg.targets, cfg.inproc)
-		if err != nil {
-			return nil, err
-		}
-		r, steps, err := inProcess(ctx, b.forgeURL, cfg.inproc, targets, "ip")
-		if err != nil {
-			return nil, err
-		}
-		res.Levels["inprocess_c1"] = r
-		res.InProcessSteps = steps
-		if c1, ok := res.Levels["c1"]; ok && r.P50S > 0 {
-			res.Overhead = c1.P50S / r.P50S
+	if inParts != nil {
+		res.InProcessSteps = inProcessSteps(inParts)
+		if c1, ok := res.Levels["c1"]; ok && res.Levels["inprocess_c1"].P50S > 0 {
+			res.Overhead = c1.P50S / res.Levels["inprocess_c1"].P50S
 		}
 	}
 	if cfg.rtt > 0 {
