@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -77,16 +78,22 @@ func (a *adoptTask) Error() string { return fmt.Sprintf("task already proposed i
 // the next attempt without a restart.
 func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	var pushed events.Pushed
+	// A redelivery after this stage already succeeded (a crash before the
+	// ack) must not decide anew: the PR may have been closed since, and
+	// attempt.failed is not a duplicate JetStream would drop. Asked while
+	// Begin loads the request: both are reads by the attempt's id.
+	var done bool
+	var doneErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { done, doneErr = s.succeeded(ctx, in.Ref.AttemptID) })
 	b, err := s.res.Begin(ctx, in, &pushed)
+	wg.Wait()
 	if err != nil {
 		return err
 	}
 	req := b.Req
-	// A redelivery after this stage already succeeded (a crash before the
-	// ack) must not decide anew: the PR may have been closed since, and
-	// attempt.failed is not a duplicate JetStream would drop.
-	if done, err := s.succeeded(ctx, req.AttemptID); err != nil {
-		return stage.Retry(err)
+	if doneErr != nil {
+		return stage.Retry(doneErr)
 	} else if done {
 		return nil
 	}
@@ -110,7 +117,9 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		Title: title, Body: Body(req, pushed.ChangedPaths), Draft: req.Draft,
 	}, guard)
 	cancel()
-	unlock() // the events below need no lock
+	// The events below need no lock: it is released while they are
+	// published (the deferred unlock waits for the release to end).
+	go unlock()
 	branch, commit, note := pushed.BranchName, pushed.CommitSHA, ""
 	var adopt *adoptTask
 	switch {
