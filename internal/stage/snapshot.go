@@ -4,6 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // Snapshot reads the object called name from the snapshot bucket. An
@@ -37,4 +44,66 @@ func (r *Resources) Snapshot(ctx context.Context, name string) ([]byte, error) {
 func objectDigest(data []byte) string {
 	sum := sha256.Sum256(data)
 	return "SHA-256=" + base64.URLEncoding.EncodeToString(sum[:])
+}
+
+// snapshotChunk is the object store's default chunk size: an object of up
+// to this many bytes is one chunk.
+const snapshotChunk = 128 << 10
+
+// snapshotPutWait bounds PutSnapshot's wait for the server's two acks, as
+// the object store's own Put is bounded by its JetStream timeout.
+const snapshotPutWait = 10 * time.Second
+
+// PutSnapshot stores data in the snapshot bucket as the object called
+// name, readable by Snapshot and by the object store alike. An object of
+// one chunk (every backlog, and the pack of a minimal fetch) is written
+// with two publishes sent together on the stage's connection: the chunk,
+// then the object's info in the object store's own format, which replaces
+// the name's previous info. The object store's Put would first read the
+// name's previous info, to purge its chunks afterwards, and set up a
+// JetStream context with a reply subscription of its own for every
+// object: a round trip and a subscription more, twice per attempt. A name
+// written again (a redelivery after a crash) leaves its previous chunk to
+// the bucket's TTL. Anything larger or empty goes through the object
+// store.
+func (r *Resources) PutSnapshot(ctx context.Context, name string, data []byte) error {
+	if r.snapshotStream == nil || len(data) == 0 || len(data) > snapshotChunk {
+		_, err := r.Snapshots.PutBytes(ctx, name, data)
+		return err
+	}
+	id := nuid.Next()
+	meta, err := json.Marshal(jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: snapshotChunk}},
+		Bucket:     SnapshotBucket, NUID: id, Size: uint64(len(data)), Chunks: 1, Digest: objectDigest(data),
+	})
+	if err != nil {
+		return err
+	}
+	info := nats.NewMsg("$O." + SnapshotBucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name)))
+	info.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	info.Data = meta
+	// The server stores a connection's messages in the order sent: the
+	// chunk is in the bucket before the info that names it.
+	chunkAck, err := r.JS.PublishMsgAsync(&nats.Msg{Subject: "$O." + SnapshotBucket + ".C." + id, Data: data})
+	if err != nil {
+		return err
+	}
+	infoAck, err := r.JS.PublishMsgAsync(info)
+	if err != nil {
+		return err
+	}
+	t := time.NewTimer(snapshotPutWait)
+	defer t.Stop()
+	for _, a := range []jetstream.PubAckFuture{chunkAck, infoAck} {
+		select {
+		case <-a.Ok():
+		case err := <-a.Err():
+			return fmt.Errorf("store snapshot %s: %w", name, err)
+		case <-t.C:
+			return fmt.Errorf("store snapshot %s: %w", name, nats.ErrTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }

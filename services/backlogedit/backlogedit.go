@@ -74,7 +74,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	}
 	edited.Snapshot = EditedSnapshot(req.AttemptID)
 	edited.NewBlob = plumbing.ComputeHash(plumbing.BlobObject, content).String()
-	if _, err := s.res.Snapshots.PutBytes(ctx, edited.Snapshot, content); err != nil {
+	if err := s.res.PutSnapshot(ctx, edited.Snapshot, content); err != nil {
 		return stage.Retry(fmt.Errorf("store edited backlog: %w", err))
 	}
 	return in.Publish(ctx, events.BacklogEdited, edited)

@@ -107,7 +107,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		return stage.Classified(err, ft, retry)
 	}
 	name := BaseSnapshot(req.AttemptID)
-	if _, err := s.res.Snapshots.PutBytes(ctx, name, snap.Pack); err != nil {
+	if err := s.res.PutSnapshot(ctx, name, snap.Pack); err != nil {
 		return stage.Retry(fmt.Errorf("store snapshot: %w", err))
 	}
 	return in.Publish(ctx, events.RepoFetched, events.Fetched{
