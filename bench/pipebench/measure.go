@@ -140,7 +140,10 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 				continue
 			}
 			fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts of the in-process chain\n", round+1, cfg.runs, cfg.inproc)
-			itargets, err := b.targets(ctx, fmt.Sprintf("inproc-r%d", round), cfg.targets, cfg.inproc)
+			// As many attempts per target as the level's: the repositories
+			// grow as many branches and open pull requests (which every
+			// list of them returns, twice per attempt) on both sides.
+			itargets, err := b.targets(ctx, fmt.Sprintf("inproc-r%d", round), sameLoad(cfg.targets, cfg.n, cfg.inproc), cfg.inproc)
 			if err != nil {
 				return nil, err
 			}
@@ -604,4 +607,10 @@ func combine(rs []Result) Result {
 	out.AttemptsPerSMin, out.AttemptsPerSMax = slices.Min(rates), slices.Max(rates)
 	out.P50S, out.P95S, out.P99S = quantile(lat, 0.50), quantile(lat, 0.95), quantile(lat, 0.99)
 	return out
+}
+
+// sameLoad is how many targets give m attempts as many attempts per
+// target as n attempts on k targets (at least one).
+func sameLoad(k, n, m int) int {
+	return max(1, (k*m+n/2)/n)
 }
