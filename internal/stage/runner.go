@@ -71,6 +71,12 @@ func (in *Input) Publish(ctx context.Context, t events.Type, payload any) error 
 	return err
 }
 
+// PublishAsync sends an event of the input's attempt without waiting for
+// the stream's acknowledgement (Publisher.PublishAsync): wait does.
+func (in *Input) PublishAsync(t events.Type, payload any) (wait func(context.Context) error, err error) {
+	return in.pub.PublishAsync(t, in.Ref, payload)
+}
+
 // Config configures a Runner. Zero fields get working defaults.
 type Config struct {
 	// Name is the stage: the durable consumer's name and the stage of

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,10 +49,6 @@ func objectDigest(data []byte) string {
 // to this many bytes is one chunk.
 const snapshotChunk = 128 << 10
 
-// snapshotPutWait bounds PutSnapshot's wait for the server's two acks, as
-// the object store's own Put is bounded by its JetStream timeout.
-const snapshotPutWait = 10 * time.Second
-
 // PutSnapshot stores data in the snapshot bucket as the object called
 // name, readable by Snapshot and by the object store alike. An object of
 // one chunk (every backlog, and the pack of a minimal fetch) is written
@@ -92,18 +87,8 @@ func (r *Resources) PutSnapshot(ctx context.Context, name string, data []byte) e
 	if err != nil {
 		return err
 	}
-	t := time.NewTimer(snapshotPutWait)
-	defer t.Stop()
-	for _, a := range []jetstream.PubAckFuture{chunkAck, infoAck} {
-		select {
-		case <-a.Ok():
-		case err := <-a.Err():
-			return fmt.Errorf("store snapshot %s: %w", name, err)
-		case <-t.C:
-			return fmt.Errorf("store snapshot %s: %w", name, nats.ErrTimeout)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := waitAcks(ctx, chunkAck, infoAck); err != nil {
+		return fmt.Errorf("store snapshot %s: %w", name, err)
 	}
 	return nil
 }

@@ -89,19 +89,29 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		}
 		return stage.Retry(err)
 	}
-	if err := in.Publish(ctx, events.AttemptCreated, events.Created{
+	// The fetch begins while the stream stores attempt.created and
+	// attempt.started: both are stored before anything else of the
+	// attempt is published, its failure included.
+	created, err := in.PublishAsync(events.AttemptCreated, events.Created{
 		Ref: req.Ref, AttemptNumber: 1, Status: "created",
 		RepoURL: req.Target.RepoURL, Branch: req.Target.Branch, TaskTitle: req.Task.Title,
-	}); err != nil {
+	})
+	if err != nil {
 		return stage.Retry(err)
 	}
-	if err := in.Publish(ctx, events.AttemptStarted, events.Started{Ref: req.Ref, Status: "running"}); err != nil {
+	started, err := in.PublishAsync(events.AttemptStarted, events.Started{Ref: req.Ref, Status: "running"})
+	if err != nil {
 		return stage.Retry(err)
 	}
 
 	remote := s.cfg.Git
 	remote.URL = req.Target.RepoURL
 	snap, err := gitx.Fetch(ctx, remote, req.Target.Branch, events.BacklogPath, gitx.FetchOptions{Strategy: s.cfg.Strategy})
+	for _, wait := range []func(context.Context) error{created, started} {
+		if werr := wait(ctx); werr != nil {
+			return stage.Retry(werr)
+		}
+	}
 	if err != nil {
 		ft, retry := gitx.Classify(err)
 		return stage.Classified(err, ft, retry)
