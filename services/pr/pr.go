@@ -85,7 +85,8 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	var done bool
 	var doneErr error
 	var wg sync.WaitGroup
-	wg.Go(func() { done, doneErr = s.succeeded(ctx, in.Ref.AttemptID) })
+	id := in.Ref.AttemptID // from the subject; Begin sets in.Ref from the request
+	wg.Go(func() { done, doneErr = s.succeeded(ctx, id) })
 	b, err := s.res.Begin(ctx, in, &pushed)
 	wg.Wait()
 	if err != nil {
