@@ -102,28 +102,35 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	// The guardrails look at the repository's open pull requests, then a
 	// new one may be created: replicas would both look before either
 	// creates, so one at a time per repository holds the lock from the
-	// lookup to the create.
-	unlock, err := s.res.Lock(ctx, "pr."+lockName(req), "attempt "+req.AttemptID, lockWait)
-	switch {
-	case errors.Is(err, stage.ErrLocked):
-		return stage.Wait(lockRetry, err)
-	case err != nil:
-		return stage.Retry(err)
-	}
-	defer unlock()
+	// lookup to the create. The lock is asked for while the forge is asked
+	// for the branch's own pull request, which needs none (only this
+	// attempt pushes the branch; a second delivery of it that creates the
+	// pull request first is adopted by the guard below, by its branch).
+	lk := s.lockAsync(ctx, req)
+	defer lk.release()
 	lctx, cancel := context.WithTimeout(ctx, lockHold)
-	guard := func(ctx context.Context) error { return s.guard(ctx, req) }
+	guard := func(ctx context.Context) error {
+		if err := lk.wait(); err != nil {
+			return err
+		}
+		return s.guard(ctx, req)
+	}
 	pr, reused, err := forge.EnsurePR(lctx, s.driver, forge.PRRequest{
 		RepoURL: req.Target.RepoURL, Base: req.Target.Branch, Head: pushed.BranchName,
 		Title: title, Body: Body(req, pushed.ChangedPaths), Draft: req.Draft,
 	}, guard)
 	cancel()
 	// The events below need no lock: it is released while they are
-	// published (the deferred unlock waits for the release to end).
-	go unlock()
+	// published (the deferred release waits for that to end).
+	go lk.release()
 	branch, commit, note := pushed.BranchName, pushed.CommitSHA, ""
 	var adopt *adoptTask
 	switch {
+	case errors.As(err, &adopt) && adopt.pr.Head == pushed.BranchName:
+		// This attempt's own, created by another delivery of it since the
+		// lookup by branch.
+		pr, reused, title = adopt.pr, true, adopt.pr.Title
+		note = fmt.Sprintf("pull request #%d already existed for branch %s; adopted", pr.Number, branch)
 	case errors.As(err, &adopt):
 		pr, reused = adopt.pr, true
 		branch, commit, title = pr.Head, pr.HeadSHA, pr.Title
@@ -156,6 +163,45 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	return in.Publish(ctx, events.AttemptSucceeded, events.Succeeded{
 		Ref: req.Ref, Status: "succeeded", PRNumber: &pr.Number, PRURL: &pr.URL, Note: note,
 	})
+}
+
+// repoLock is the repository's lock of Handle, asked for in the
+// background.
+type repoLock struct {
+	done   chan struct{}
+	unlock func()
+	err    error
+}
+
+// lockAsync starts taking the repository's lock of req.
+func (s *Service) lockAsync(ctx context.Context, req *events.Request) *repoLock {
+	lk := &repoLock{done: make(chan struct{})}
+	go func() {
+		defer close(lk.done)
+		lk.unlock, lk.err = s.res.Lock(ctx, "pr."+lockName(req), "attempt "+req.AttemptID, lockWait)
+	}()
+	return lk
+}
+
+// wait waits for the lock and returns the stage error when it was not
+// taken.
+func (lk *repoLock) wait() error {
+	<-lk.done
+	switch {
+	case errors.Is(lk.err, stage.ErrLocked):
+		return stage.Wait(lockRetry, lk.err)
+	case lk.err != nil:
+		return stage.Retry(lk.err)
+	}
+	return nil
+}
+
+// release releases the lock once it is taken; a second call waits for
+// the first's release to end.
+func (lk *repoLock) release() {
+	if lk.wait() == nil {
+		lk.unlock()
+	}
 }
 
 // OpenForTask answers push's question before it pushes: the task's open
