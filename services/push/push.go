@@ -66,6 +66,18 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		return err
 	}
 	req, repo, content := b.Req, b.Repo, b.Objects[0]
+	// pr's answer on the task's open pull request is needed only just
+	// before the push; it is asked now, while the commit is built and the
+	// policy read (a dry run reaches no forge, so it does not ask).
+	// Whatever ends the attempt before the push drops the answer.
+	var open <-chan events.OpenForTaskReply
+	if !req.DryRun {
+		octx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ch := make(chan events.OpenForTaskReply, 1)
+		go func() { ch <- s.openForTask(octx, req) }()
+		open = ch
+	}
 	// The commit time is the edit event's time, so a redelivered push
 	// rebuilds the identical commit and the re-push is a no-op. A retry
 	// (`leviathan retry`) takes the failed attempt's edit time: when the
@@ -121,7 +133,7 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	// A task that already has an open pull request gets no second
 	// branch: pr adopts that pull request (it would anyway; asking first
 	// keeps the repository free of a branch without a PR).
-	if open := s.openForTask(ctx, req); open.Open {
+	if open := <-open; open.Open {
 		return in.Publish(ctx, events.BranchPushed, events.Pushed{
 			Ref: req.Ref, BranchName: open.BranchName, CommitSHA: open.CommitSHA, UpToDate: true, AdoptedPR: open.Number,
 		})
@@ -156,7 +168,9 @@ func (s *Service) openForTask(ctx context.Context, req *events.Request) events.O
 		err = errors.New(reply.Error)
 	}
 	if err != nil {
-		s.cfg.Logger.Warn("could not ask pr for the task's open pull request; pushing", "attempt", req.AttemptID, "err", err)
+		if ctx.Err() == nil { // else the attempt ended before it needed the answer
+			s.cfg.Logger.Warn("could not ask pr for the task's open pull request; pushing", "attempt", req.AttemptID, "err", err)
+		}
 		return events.OpenForTaskReply{}
 	}
 	return reply
