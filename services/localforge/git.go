@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -28,6 +29,10 @@ type gitHandler struct {
 	backend string // path of git-http-backend
 	check   func(user, pass string) bool
 	log     *slog.Logger
+
+	mu     sync.Mutex
+	pushes map[string]int  // receive-packs per repository directory, since its last gc check
+	gcing  map[string]bool // repositories whose gc check runs now
 }
 
 func newGitHandler(root string, check func(user, pass string) bool, log *slog.Logger) (*gitHandler, error) {
@@ -39,7 +44,7 @@ func newGitHandler(root string, check func(user, pass string) bool, log *slog.Lo
 	if _, err := os.Stat(backend); err != nil {
 		return nil, fmt.Errorf("localforge: git-http-backend: %w", err)
 	}
-	return &gitHandler{root: root, backend: backend, check: check, log: log}, nil
+	return &gitHandler{root: root, backend: backend, check: check, log: log, pushes: map[string]int{}, gcing: map[string]bool{}}, nil
 }
 
 // ServeHTTP expects paths of the form /<owner>/<repo>.git/<git service path>
@@ -74,11 +79,13 @@ func (h *gitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"HOME=" + h.root,
 		},
 	}
+	cgiH.Env = append(cgiH.Env, pushConfig...)
 	// Pass protocol v2 negotiation through to upload-pack.
 	if p := r.Header.Get("Git-Protocol"); p != "" {
 		cgiH.Env = append(cgiH.Env, "GIT_PROTOCOL="+p)
 	}
-	if strings.HasSuffix(parts[2], "git-receive-pack") {
+	push := strings.HasSuffix(parts[2], "git-receive-pack") && r.Method == http.MethodPost
+	if push {
 		// A push whose client was killed mid-update can leave a ref lock
 		// behind; git would refuse every later update of that ref.
 		for _, l := range clearStaleLocks(filepath.Join(h.root, parts[0], parts[1]), staleLockAge) {
@@ -88,6 +95,56 @@ func (h *gitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = "/" + strings.Join(parts, "/")
 	cgiH.ServeHTTP(w, r2)
+	if push {
+		h.pushed(filepath.Join(h.root, parts[0], parts[1]))
+	}
+}
+
+// pushConfig is git configuration for every git process of a request
+// (GIT_CONFIG_COUNT, which git-http-backend passes on to receive-pack). It
+// spares each push two of its seven git processes:
+//   - receive.autogc off: receive-pack would run `git gc --auto` (and that
+//     `git maintenance run --auto`) after every push, to find there is
+//     nothing to do; pushed checks every gcEvery pushes instead, after the
+//     push has been answered;
+//   - core.alternateRefsCommand: the connectivity check of a push lists
+//     the refs of the pushed objects' alternate with a `git for-each-ref`,
+//     and that alternate is the repository itself (the push's quarantine
+//     borrows its objects), whose refs the check reads already (--all).
+//     true(1) lists none; the check stays as strict (it can only walk
+//     further).
+var pushConfig = []string{
+	"GIT_CONFIG_COUNT=2",
+	"GIT_CONFIG_KEY_0=receive.autogc", "GIT_CONFIG_VALUE_0=false",
+	"GIT_CONFIG_KEY_1=core.alternateRefsCommand", "GIT_CONFIG_VALUE_1=true",
+}
+
+// gcEvery is how many pushes to a repository go between two `git gc
+// --auto` runs (which pack its loose objects once there are more than
+// gc.auto, 6,700 by default).
+const gcEvery = 64
+
+// pushed counts a push to the repository at dir and every gcEvery pushes
+// starts `git gc --auto` on it in the background, one at a time.
+func (h *gitHandler) pushed(dir string) {
+	h.mu.Lock()
+	h.pushes[dir]++
+	if h.pushes[dir] < gcEvery || h.gcing[dir] {
+		h.mu.Unlock()
+		return
+	}
+	h.pushes[dir], h.gcing[dir] = 0, true
+	h.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if err := runGit(ctx, dir, "gc", "--auto", "--quiet"); err != nil {
+			h.log.Warn("git gc --auto failed", "repo", dir, "err", err)
+		}
+		h.mu.Lock()
+		delete(h.gcing, dir)
+		h.mu.Unlock()
+	}()
 }
 
 // basicAuthCheck returns a constant-time check of a username and password.

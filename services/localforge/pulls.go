@@ -132,10 +132,10 @@ func (f *Forge) createPull(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	// GitHub refuses a PR that would merge nothing.
-	if n, err := commitsBetween(r.Context(), f.RepoDir(owner, name), baseSHA, headSHA); err != nil {
+	if ahead, err := hasCommitsBetween(r.Context(), f.RepoDir(owner, name), baseSHA, headSHA); err != nil {
 		f.internalError(w, r, err)
 		return
-	} else if n == 0 {
+	} else if !ahead {
 		writeValidation(w, fieldError{Resource: "PullRequest", Code: "custom",
 			Message: "No commits between " + in.Base + " and " + head})
 		return

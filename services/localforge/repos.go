@@ -10,6 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	gogit "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
 )
 
 // seedAuthor signs the first commit of every repository CreateRepo makes.
@@ -219,6 +222,60 @@ func isObjectID(s string) bool {
 		}
 	}
 	return true
+}
+
+// hasCommitsBetween reports whether head has a commit that base lacks,
+// that is whether head is neither base nor one of its ancestors. A pull
+// request's head is nearly always a few commits on top of its base: head's
+// history is walked (in this process) for base, a few commits deep, and
+// only when base is not there does git count (commitsBetween).
+func hasCommitsBetween(ctx context.Context, bare, baseSHA, headSHA string) (bool, error) {
+	if baseSHA == headSHA {
+		return false, nil
+	}
+	if descends(bare, baseSHA, headSHA, baseWalk) {
+		return true, nil // head is base plus at least one commit
+	}
+	n, err := commitsBetween(ctx, bare, baseSHA, headSHA)
+	return n > 0, err
+}
+
+// baseWalk is how many of head's commits descends reads at most.
+const baseWalk = 32
+
+// descends reports whether base is among the first limit commits of
+// head's history (head excluded); false also when it cannot tell (an
+// object it cannot read, an object format it does not know).
+func descends(bare, baseSHA, headSHA string, limit int) bool {
+	if len(baseSHA) != 40 || len(headSHA) != 40 { // go-git reads SHA-1 repositories
+		return false
+	}
+	repo, err := gogit.PlainOpen(bare)
+	if err != nil {
+		return false
+	}
+	base := plumbing.NewHash(baseSHA)
+	queue := []plumbing.Hash{plumbing.NewHash(headSHA)}
+	seen := map[plumbing.Hash]bool{}
+	for len(queue) > 0 && len(seen) < limit {
+		h := queue[0]
+		queue = queue[1:]
+		if seen[h] {
+			continue
+		}
+		seen[h] = true
+		c, err := repo.CommitObject(h)
+		if err != nil {
+			return false
+		}
+		for _, p := range c.ParentHashes {
+			if p == base {
+				return true
+			}
+			queue = append(queue, p)
+		}
+	}
+	return false
 }
 
 // commitsBetween counts the commits on head that base lacks.
