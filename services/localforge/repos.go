@@ -11,8 +11,11 @@ import (
 	"strconv"
 	"strings"
 
-	gogit "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/cache"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/storage/filesystem"
 )
 
 // seedAuthor signs the first commit of every repository CreateRepo makes.
@@ -250,10 +253,8 @@ func descends(bare, baseSHA, headSHA string, limit int) bool {
 	if len(baseSHA) != 40 || len(headSHA) != 40 { // go-git reads SHA-1 repositories
 		return false
 	}
-	repo, err := gogit.PlainOpen(bare)
-	if err != nil {
-		return false
-	}
+	st := filesystem.NewStorage(osfs.New(bare), cache.NewObjectLRU(cache.MiByte))
+	defer st.Close()
 	base := plumbing.NewHash(baseSHA)
 	queue := []plumbing.Hash{plumbing.NewHash(headSHA)}
 	seen := map[plumbing.Hash]bool{}
@@ -264,7 +265,7 @@ func descends(bare, baseSHA, headSHA string, limit int) bool {
 			continue
 		}
 		seen[h] = true
-		c, err := repo.CommitObject(h)
+		c, err := object.GetCommit(st, h)
 		if err != nil {
 			return false
 		}
