@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -161,53 +162,96 @@ func (g *GitHub) call(ctx context.Context, what string, f func(ctx context.Conte
 
 // FindPRs implements Driver: list by head (owner:branch), state all.
 func (g *GitHub) FindPRs(ctx context.Context, repoURL, head string) ([]PullRequest, error) {
-	return g.list(ctx, repoURL, "list pull requests by head", func(owner string) *github.PullRequestListOptions {
-		return &github.PullRequestListOptions{State: "all", Head: owner + ":" + head}
-	}, func(owner string, pr *github.PullRequest) bool {
+	return g.list(ctx, repoURL, "list pull requests by head", func(owner string) url.Values {
+		return url.Values{"state": {"all"}, "head": {owner + ":" + head}}
+	}, func(owner string, pr *listedPR) bool {
 		// GitHub filters by head already; a fork's branch of the same
 		// name would carry another owner in its label.
-		return pr.GetHead().GetRef() == head && strings.EqualFold(pr.GetHead().GetLabel(), owner+":"+head)
+		return pr.Head.Ref == head && strings.EqualFold(pr.Head.Label, owner+":"+head)
 	})
 }
 
 // OpenPRs implements Driver.
 func (g *GitHub) OpenPRs(ctx context.Context, repoURL string) ([]PullRequest, error) {
-	return g.list(ctx, repoURL, "list open pull requests", func(string) *github.PullRequestListOptions {
-		return &github.PullRequestListOptions{State: "open"}
-	}, func(string, *github.PullRequest) bool { return true })
+	return g.list(ctx, repoURL, "list open pull requests", func(string) url.Values {
+		return url.Values{"state": {"open"}}
+	}, func(string, *listedPR) bool { return true })
 }
 
-// list pages through the pull requests of the repository that opts (built
-// from the owner) selects, keeping those keep accepts.
-func (g *GitHub) list(ctx context.Context, repoURL, what string, opts func(owner string) *github.PullRequestListOptions,
-	keep func(owner string, pr *github.PullRequest) bool) ([]PullRequest, error) {
+// listedPR is what a driver reads of a pull request in a list: decoding
+// only these fields skips the rest of GitHub's object (the head's and the
+// base's whole repositories, users, links) instead of allocating it, which
+// made decoding lists most of pr's CPU.
+type listedPR struct {
+	Number   int     `json:"number"`
+	State    string  `json:"state"`
+	HTMLURL  string  `json:"html_url"`
+	Title    string  `json:"title"`
+	Body     *string `json:"body"` // null when empty
+	Draft    bool    `json:"draft"`
+	Merged   bool    `json:"merged"` // single pull requests only
+	MergedAt *string `json:"merged_at"`
+	Head     struct {
+		Ref   string `json:"ref"`
+		SHA   string `json:"sha"`
+		Label string `json:"label"`
+	} `json:"head"`
+	Base struct {
+		Ref string `json:"ref"`
+	} `json:"base"`
+}
+
+// list pages through the pull requests of the repository that query
+// (built from the owner) selects, keeping those keep accepts.
+func (g *GitHub) list(ctx context.Context, repoURL, what string, query func(owner string) url.Values,
+	keep func(owner string, pr *listedPR) bool) ([]PullRequest, error) {
 	owner, name, err := RepoPath(repoURL)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	o := opts(owner)
-	o.PerPage = 100
+	q := query(owner)
+	q.Set("per_page", "100")
 	var out []PullRequest
 	for {
-		var prs []*github.PullRequest
+		var prs []listedPR
 		var resp *github.Response
 		err := g.call(ctx, what, func(ctx context.Context) (*github.Response, error) {
-			var err error
-			prs, resp, err = g.client.PullRequests.List(ctx, owner, name, o)
+			req, err := g.client.NewRequest(http.MethodGet, "repos/"+url.PathEscape(owner)+"/"+url.PathEscape(name)+"/pulls?"+q.Encode(), nil)
+			if err != nil {
+				return nil, err
+			}
+			prs = prs[:0]
+			resp, err = g.client.Do(ctx, req, &prs)
 			return resp, err
 		})
 		if err != nil {
 			return nil, err
 		}
-		for _, pr := range prs {
-			if keep(owner, pr) {
-				out = append(out, convert(pr, owner, name))
+		for i := range prs {
+			if keep(owner, &prs[i]) {
+				out = append(out, prs[i].convert(owner, name))
 			}
 		}
 		if resp.NextPage == 0 {
 			return out, nil
 		}
-		o.Page = resp.NextPage
+		q.Set("page", strconv.Itoa(resp.NextPage))
+	}
+}
+
+func (pr *listedPR) convert(owner, name string) PullRequest {
+	state := pr.State
+	if pr.Merged || pr.MergedAt != nil {
+		state = StateMerged
+	}
+	body := ""
+	if pr.Body != nil {
+		body = *pr.Body
+	}
+	return PullRequest{
+		Number: pr.Number, URL: pr.HTMLURL, State: state,
+		Head: pr.Head.Ref, HeadSHA: pr.Head.SHA, Base: pr.Base.Ref,
+		Title: pr.Title, Body: body, Draft: pr.Draft, Repo: owner + "/" + name,
 	}
 }
 
