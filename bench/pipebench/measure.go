@@ -201,6 +201,9 @@ func (b *bench) start(ctx context.Context, natsBin string) error {
 		"-sd", filepath.Join(b.dir, "nats"), "--server_name", "pipebench"}}
 	forge := &proc{name: "localforge", bin: b.bin, args: []string{"run", "localforge", "--http-addr", "127.0.0.1:" + strconv.Itoa(forgePort),
 		"--data-dir", filepath.Join(b.dir, "forge")}, env: b.env(b.forgeURL)}
+	if b.cfg.profileDir != "" {
+		forge.args = append(forge.args, "--cpu-profile", filepath.Join(b.cfg.profileDir, "localforge.pprof"))
+	}
 	for _, p := range []*proc{natsProc, forge} {
 		if err := b.add(p); err != nil {
 			return err
