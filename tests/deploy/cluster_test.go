@@ -336,11 +336,22 @@ func (c *cluster) run(natscli, name string, n int, rng *rand.Rand) verdict {
 	terminal := map[string]events.Type{}
 	seen := map[string]int{}
 	lastProgress := time.Now()
-	cons, err := js.OrderedConsumer(context.Background(), stage.StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{events.StreamSubjects}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(firstSeq, 1),
-	})
-	if err != nil {
-		t.Fatal(err)
+	// The faults may have the cluster electing a stream leader just now:
+	// making the consumer is tried again until it regains quorum, as
+	// submitting is.
+	var cons jetstream.Consumer
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		var err error
+		cons, err = js.OrderedConsumer(context.Background(), stage.StreamName, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{events.StreamSubjects}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(firstSeq, 1),
+		})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no consumer on the stream for 2 minutes: %v", name, err)
+		}
+		time.Sleep(time.Second)
 	}
 	for len(terminal) < n {
 		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
