@@ -9,7 +9,18 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
+
+// FormatRatios writes ratios as the report and pipebench print them: two
+// decimals each, separated by commas.
+func FormatRatios(xs []float64) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprintf("%.2f", x)
+	}
+	return strings.Join(s, ", ")
+}
 
 // Merge returns the results document existing (empty or nil for
 // none) with key set to value and every other top-level key kept as it was.

@@ -221,7 +221,7 @@ func printResults(w io.Writer, cfg config, r *Results) {
 	if r.Overhead > 0 {
 		fmt.Fprintf(w, "\npipeline / in-process p50 at concurrency 1: %.2f", r.Overhead)
 		if len(r.OverheadRounds) > 1 {
-			fmt.Fprintf(w, " (rounds: %s)", joinFloats(r.OverheadRounds, "%.2f"))
+			fmt.Fprintf(w, " (rounds: %s)", benchresults.FormatRatios(r.OverheadRounds))
 		}
 		fmt.Fprintln(w)
 	}
@@ -312,13 +312,4 @@ func moduleRoot() (string, error) {
 		}
 		dir = parent
 	}
-}
-
-// joinFloats formats each of xs with format, separated by commas.
-func joinFloats(xs []float64, format string) string {
-	s := make([]string, len(xs))
-	for i, x := range xs {
-		s[i] = fmt.Sprintf(format, x)
-	}
-	return strings.Join(s, ", ")
 }

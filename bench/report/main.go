@@ -16,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/leviathan-dev/leviathan/bench/benchresults"
 )
 
 func main() {
@@ -172,11 +174,7 @@ func write(w io.Writer, r results, mach, sha string, now time.Time) {
 		if overhead > 0 {
 			rounds := ""
 			if len(overheadRounds) > 1 {
-				r := make([]string, len(overheadRounds))
-				for i, x := range overheadRounds {
-					r[i] = fmt.Sprintf("%.2f", x)
-				}
-				rounds = " (each round's own: " + strings.Join(r, ", ") + ")"
+				rounds = " (each round's own: " + benchresults.FormatRatios(overheadRounds) + ")"
 			}
 			fmt.Fprintf(w, "- pipeline ≤ 1.3× the in-process chain at concurrency 1 (p50): %.2f×%s, %s\n", overhead, rounds, mark(overhead <= 1.3))
 		}
