@@ -223,14 +223,31 @@ func (r *Resources) claimedSeq(ctx context.Context, attemptID string) (uint64, e
 // Request loads the attempt.requested message that claimed attemptID, so
 // later stages know the task and target without copying them into every
 // event.
+//
+// The claim names the request's sequence, and reading that message after
+// it made two round trips in every stage's preamble. The claiming request
+// is nearly always the last one published with the attempt's id (a
+// duplicate that came after it is the exception), so the claim and the
+// last request on the attempt's subject are asked for at once; the message
+// is read again by sequence only when they differ.
 func (r *Resources) Request(ctx context.Context, attemptID string) (*events.Request, error) {
+	var last *jetstream.RawStreamMsg
+	var lastErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		last, lastErr = r.Stream.GetLastMsgForSubject(ctx, events.Subject(attemptID, events.AttemptRequested))
+	}()
 	seq, err := r.claimedSeq(ctx, attemptID)
+	<-done
 	if err != nil {
 		return nil, err
 	}
-	m, err := r.Stream.GetMsg(ctx, seq)
-	if err != nil {
-		return nil, fmt.Errorf("load request of attempt %s (seq %d): %w", attemptID, seq, err)
+	m := last
+	if lastErr != nil || last.Sequence != seq {
+		if m, err = r.Stream.GetMsg(ctx, seq); err != nil {
+			return nil, fmt.Errorf("load request of attempt %s (seq %d): %w", attemptID, seq, err)
+		}
 	}
 	return events.ParseRequest(m.Data, attemptID)
 }

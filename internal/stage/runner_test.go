@@ -280,3 +280,42 @@ func TestOneEndPerAttempt(t *testing.T) {
 		t.Fatal("attempt.failed after attempt.succeeded")
 	}
 }
+
+// TestRequestIsTheClaimingOne: Request gives the request that claimed
+// the attempt id, also when a duplicate with another task came after it
+// (the last request on the attempt's subject is then not the one), and
+// the request itself when nothing came after it.
+func TestRequestIsTheClaimingOne(t *testing.T) {
+	res, _ := setup(t)
+	ctx := context.Background()
+	body := func(task string) []byte {
+		return []byte(`{"target":{"name":"demo","repo_url":"http://forge.test/o/r.git"},"task":{"id":"` + task + `","title":"t","allowed_paths":["x"]}}`)
+	}
+	publish := func(id, task string) uint64 {
+		t.Helper()
+		ack, err := res.JS.Publish(ctx, events.Subject(id, events.AttemptRequested), body(task))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack.Sequence
+	}
+	for _, dup := range []bool{false, true} {
+		id := "attempt-T-1-0000000" + map[bool]string{false: "1", true: "2"}[dup]
+		if err := res.Claim(ctx, id, publish(id, "T-first")); err != nil {
+			t.Fatal(err)
+		}
+		if dup {
+			publish(id, "T-duplicate")
+		}
+		req, err := res.Request(ctx, id)
+		if err != nil {
+			t.Fatalf("duplicate after it %v: %v", dup, err)
+		}
+		if req.Task.ID != "T-first" || req.AttemptID != id {
+			t.Fatalf("duplicate after it %v: got task %s of %s, want T-first of %s", dup, req.Task.ID, req.AttemptID, id)
+		}
+	}
+	if _, err := res.Request(ctx, "attempt-T-1-00000009"); err == nil {
+		t.Fatal("an attempt nobody claimed has a request")
+	}
+}

@@ -76,6 +76,48 @@ func TestSnapshotReadsWhatWasStored(t *testing.T) {
 	}
 }
 
+// TestPutSnapshotAgainKeepsOneChunk: a name PutSnapshot writes again (a
+// redelivery) holds its new chunk alone, not the old one until the
+// bucket's TTL; its info says where that chunk is, for the object store.
+func TestPutSnapshotAgainKeepsOneChunk(t *testing.T) {
+	ns := natstest.Run(t)
+	_, js := natstest.Connect(t, ns)
+	ctx := context.Background()
+	res, err := Ensure(ctx, js, ResourceConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"a1/base.pack", "a1/backlog.yaml", "a2/base.pack"}
+	for round := range 3 {
+		for _, name := range names {
+			if err := res.PutSnapshot(ctx, name, []byte(fmt.Sprint(name, " round ", round))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	info, err := res.snapshotStream.Info(ctx, jetstream.WithSubjectFilter("$O."+SnapshotBucket+".C.>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.State.Subjects) != len(names) {
+		t.Fatalf("chunk subjects %v, want one for each of %d names", info.State.Subjects, len(names))
+	}
+	for subject, n := range info.State.Subjects {
+		if n != 1 {
+			t.Errorf("%s holds %d chunks, want 1", subject, n)
+		}
+	}
+	for _, name := range names {
+		want := fmt.Sprint(name, " round 2")
+		if got, err := res.Snapshot(ctx, name); err != nil || string(got) != want {
+			t.Errorf("%s: %q, %v; want %q", name, got, err, want)
+		}
+		if got, err := res.Snapshots.GetBytes(ctx, name); err != nil || string(got) != want {
+			t.Errorf("%s through the object store: %q, %v; want %q", name, got, err, want)
+		}
+	}
+}
+
 // BenchmarkPutSnapshot: one pack of a minimal fetch's size, stored by the
 // object store's Put and by PutSnapshot (embedded server, one connection).
 func BenchmarkPutSnapshot(b *testing.B) {
