@@ -78,7 +78,29 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		return nil
 	}
 	in.Ref = req.Ref
+	// The fetch begins while the attempt id is claimed, and goes on while
+	// the stream stores attempt.created and attempt.started: both are
+	// stored before anything else of the attempt is published, its
+	// failure included. A duplicate's fetch is cancelled and dropped.
+	fctx, cancelFetch := context.WithCancel(ctx)
+	defer cancelFetch()
+	type fetched struct {
+		snap *gitx.Snapshot
+		err  error
+	}
+	fetchDone := make(chan fetched, 1)
+	go func() {
+		remote := s.cfg.Git
+		remote.URL = req.Target.RepoURL
+		snap, err := gitx.Fetch(fctx, remote, req.Target.Branch, events.BacklogPath, gitx.FetchOptions{Strategy: s.cfg.Strategy})
+		fetchDone <- fetched{snap, err}
+	}()
+	stopFetch := func() {
+		cancelFetch()
+		<-fetchDone
+	}
 	if err := s.res.Claim(ctx, req.AttemptID, in.Seq); err != nil {
+		stopFetch()
 		if errors.Is(err, stage.ErrDuplicate) {
 			// The attempt already runs from another copy of the request;
 			// this copy must not start a second one. Say so where the
@@ -89,24 +111,21 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		}
 		return stage.Retry(err)
 	}
-	// The fetch begins while the stream stores attempt.created and
-	// attempt.started: both are stored before anything else of the
-	// attempt is published, its failure included.
 	created, err := in.PublishAsync(events.AttemptCreated, events.Created{
 		Ref: req.Ref, AttemptNumber: 1, Status: "created",
 		RepoURL: req.Target.RepoURL, Branch: req.Target.Branch, TaskTitle: req.Task.Title,
 	})
 	if err != nil {
+		stopFetch()
 		return stage.Retry(err)
 	}
 	started, err := in.PublishAsync(events.AttemptStarted, events.Started{Ref: req.Ref, Status: "running"})
 	if err != nil {
+		stopFetch()
 		return stage.Retry(err)
 	}
-
-	remote := s.cfg.Git
-	remote.URL = req.Target.RepoURL
-	snap, err := gitx.Fetch(ctx, remote, req.Target.Branch, events.BacklogPath, gitx.FetchOptions{Strategy: s.cfg.Strategy})
+	f := <-fetchDone
+	snap, err := f.snap, f.err
 	for _, wait := range []func(context.Context) error{created, started} {
 		if werr := wait(ctx); werr != nil {
 			return stage.Retry(werr)
