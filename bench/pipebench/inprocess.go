@@ -34,29 +34,72 @@ import (
 // every attempt's latency (for combine), and parts holds each attempt's
 // time in each of chainSteps.
 func inProcess(ctx context.Context, forgeURL string, n int, targets []string, prefix string) (r Result, parts [][]float64, err error) {
-	driver, err := forge.NewGitHub(forge.GitHubConfig{Token: forgeToken, BaseURL: forgeURL + "/api/v3/", MinInterval: time.Nanosecond})
+	ch, err := newChains(forgeURL, n, targets, prefix)
 	if err != nil {
 		return Result{}, nil, err
 	}
-	room := n + 1
-	pol := policy.Policy{MaxOpenPRs: &room}
-	lat := make([]float64, n)
-	parts = make([][]float64, len(chainSteps))
 	start := time.Now()
-	for i := range n {
-		t0 := time.Now()
-		took, err := chain(ctx, driver, pol, forgeURL, targets[i%len(targets)], fmt.Sprintf("%s-%d", prefix, i))
-		if err != nil {
-			return Result{}, nil, fmt.Errorf("in-process attempt %d: %w", i, err)
-		}
-		lat[i] = time.Since(t0).Seconds()
-		for k, d := range took {
-			parts[k] = append(parts[k], d.Seconds())
+	for range n {
+		if err := ch.one(ctx); err != nil {
+			return Result{}, nil, err
 		}
 	}
-	took := time.Since(start)
-	return Result{Attempts: n, AttemptsPerS: float64(n) / took.Seconds(),
-		P50S: quantile(lat, 0.5), P95S: quantile(lat, 0.95), P99S: quantile(lat, 0.99), lat: lat}, parts, nil
+	r, parts = ch.result(time.Since(start))
+	return r, parts, nil
+}
+
+// chains runs attempts of the in-process chain one at a time, on their
+// own or between the pipeline's (measure interleaves them at
+// concurrency 1).
+type chains struct {
+	driver   forge.Driver
+	pol      policy.Policy
+	forgeURL string
+	targets  []string
+	prefix   string
+	n        int // attempts planned
+	lat      []float64
+	parts    [][]float64
+	took     time.Duration // the attempts' time together
+}
+
+// newChains prepares n attempts of the chain on targets.
+func newChains(forgeURL string, n int, targets []string, prefix string) (*chains, error) {
+	driver, err := forge.NewGitHub(forge.GitHubConfig{Token: forgeToken, BaseURL: forgeURL + "/api/v3/", MinInterval: time.Nanosecond})
+	if err != nil {
+		return nil, err
+	}
+	room := n + 1
+	return &chains{driver: driver, pol: policy.Policy{MaxOpenPRs: &room}, forgeURL: forgeURL, targets: targets, prefix: prefix, n: n,
+		parts: make([][]float64, len(chainSteps))}, nil
+}
+
+// done is how many attempts ran.
+func (c *chains) done() int { return len(c.lat) }
+
+// one runs the next attempt.
+func (c *chains) one(ctx context.Context) error {
+	i := len(c.lat)
+	t0 := time.Now()
+	took, err := chain(ctx, c.driver, c.pol, c.forgeURL, c.targets[i%len(c.targets)], fmt.Sprintf("%s-%d", c.prefix, i))
+	if err != nil {
+		return fmt.Errorf("in-process attempt %d: %w", i, err)
+	}
+	d := time.Since(t0)
+	c.took += d
+	c.lat = append(c.lat, d.Seconds())
+	for k, d := range took {
+		c.parts[k] = append(c.parts[k], d.Seconds())
+	}
+	return nil
+}
+
+// result is the attempts' Result, with wall the time they took from the
+// first one's start (their own time alone when they were interleaved).
+func (c *chains) result(wall time.Duration) (Result, [][]float64) {
+	lat := c.lat
+	return Result{Attempts: len(lat), AttemptsPerS: float64(len(lat)) / wall.Seconds(),
+		P50S: quantile(lat, 0.5), P95S: quantile(lat, 0.95), P99S: quantile(lat, 0.99), lat: lat}, c.parts
 }
 
 // inProcessSteps is the median of each part of the chain.

@@ -70,7 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.n, "n", 300, "attempts per concurrency and round")
 	fs.IntVar(&cfg.runs, "runs", 3, "rounds, each of every concurrency; throughput is their median")
 	fs.IntVar(&cfg.targets, "targets", 16, "target repositories per concurrency")
-	fs.IntVar(&cfg.inproc, "inprocess-n", 100, "attempts of the in-process chain per round (concurrency 1, after the round's concurrency 1)")
+	fs.IntVar(&cfg.inproc, "inprocess-n", 100, "attempts of the in-process chain per round, one at a time, spread between the attempts of the round's concurrency 1")
 	fs.DurationVar(&cfg.rtt, "rtt", 50*time.Millisecond, "round-trip time of the WAN phase (0 skips it)")
 	fs.IntVar(&cfg.rttN, "rtt-n", 15, "attempts of the WAN phase (concurrency 1)")
 	fs.StringVar(&cfg.out, "out", "bench/results.json", "results file (the \"pipeline\" key is replaced; \"-\" writes none)")

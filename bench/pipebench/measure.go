@@ -93,9 +93,10 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 	total := map[string]time.Duration{}
 	attempts := 0
 	// Rounds: each runs every concurrency once, and the in-process chain
-	// right after concurrency 1, so that a change in the machine's speed
-	// during the run weighs on every concurrency alike and on both sides
-	// of the overhead ratio; each level's figures are over all its rounds.
+	// between the attempts of concurrency 1, so that a change in the
+	// machine's speed during the run weighs on every concurrency alike and
+	// on both sides of the overhead ratio; each level's figures are over
+	// all its rounds.
 	byLevel := map[string][]Result{}
 	var inParts [][]float64
 	for round := range cfg.runs {
@@ -105,12 +106,44 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 			if err != nil {
 				return nil, err
 			}
+			// The in-process chain runs between the attempts of
+			// concurrency 1, one attempt of it after every n/inproc of
+			// the pipeline's, so that both sides of the overhead ratio
+			// meet the machine as it is at that moment (its speed changes
+			// within seconds here); without concurrency 1, after the
+			// round's last level.
+			var (
+				mix      *chains
+				mixAfter bool
+			)
+			if cfg.inproc > 0 && (c == 1 || !slices.Contains(cfg.conc, 1) && i == len(cfg.conc)-1) {
+				// As many attempts per target as the level's: the
+				// repositories grow as many branches and open pull
+				// requests (which every list of them returns, twice per
+				// attempt) on both sides.
+				itargets, err := b.targets(ctx, fmt.Sprintf("inproc-r%d", round), sameLoad(cfg.targets, cfg.n, cfg.inproc), cfg.inproc)
+				if err != nil {
+					return nil, err
+				}
+				if mix, err = newChains(b.forgeURL, cfg.inproc, itargets, fmt.Sprintf("ip-r%d", round)); err != nil {
+					return nil, err
+				}
+				mixAfter = c != 1
+			}
 			before, err := b.cpu()
 			if err != nil {
 				return nil, err
 			}
-			fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts at concurrency %d\n", round+1, cfg.runs, cfg.n, c)
-			r, err := b.level(ctx, name, c, cfg.n, targets, b.forgeURL)
+			between := mix
+			if mixAfter {
+				between = nil
+			}
+			if between != nil {
+				fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts at concurrency %d, and %d of the in-process chain between them\n", round+1, cfg.runs, cfg.n, c, cfg.inproc)
+			} else {
+				fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts at concurrency %d\n", round+1, cfg.runs, cfg.n, c)
+			}
+			r, err := b.level(ctx, name, c, cfg.n, targets, b.forgeURL, between)
 			if err != nil {
 				return nil, err
 			}
@@ -134,23 +167,20 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 			}
 			attempts += cfg.n
 			fmt.Fprintf(cfg.progress, "pipebench:   %.1f attempts/s, p50 %.0f ms, p99 %.0f ms\n", r.AttemptsPerS, r.P50S*1e3, r.P99S*1e3)
-			// After concurrency 1, or after the round's last level when
-			// the run has no concurrency 1.
-			if cfg.inproc == 0 || (c != 1 && (slices.Contains(cfg.conc, 1) || i < len(cfg.conc)-1)) {
+			if mix == nil {
 				continue
 			}
-			fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts of the in-process chain\n", round+1, cfg.runs, cfg.inproc)
-			// As many attempts per target as the level's: the repositories
-			// grow as many branches and open pull requests (which every
-			// list of them returns, twice per attempt) on both sides.
-			itargets, err := b.targets(ctx, fmt.Sprintf("inproc-r%d", round), sameLoad(cfg.targets, cfg.n, cfg.inproc), cfg.inproc)
-			if err != nil {
-				return nil, err
+			if mixAfter {
+				fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts of the in-process chain\n", round+1, cfg.runs, cfg.inproc)
+				for range cfg.inproc {
+					if err := mix.one(ctx); err != nil {
+						return nil, err
+					}
+				}
 			}
-			ir, parts, err := inProcess(ctx, b.forgeURL, cfg.inproc, itargets, fmt.Sprintf("ip-r%d", round))
-			if err != nil {
-				return nil, err
-			}
+			// Its attempts/s is over their own time: between the
+			// pipeline's attempts, nothing else ran meanwhile.
+			ir, parts := mix.result(mix.took)
 			byLevel["inprocess_c1"] = append(byLevel["inprocess_c1"], ir)
 			if c == 1 && ir.P50S > 0 {
 				res.OverheadRounds = append(res.OverheadRounds, r.P50S/ir.P50S)
@@ -161,7 +191,7 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 			for k := range parts {
 				inParts[k] = append(inParts[k], parts[k]...)
 			}
-			fmt.Fprintf(cfg.progress, "pipebench:   %.1f attempts/s, p50 %.0f ms, p99 %.0f ms\n", ir.AttemptsPerS, ir.P50S*1e3, ir.P99S*1e3)
+			fmt.Fprintf(cfg.progress, "pipebench:   in-process chain: %.1f attempts/s, p50 %.0f ms, p99 %.0f ms\n", ir.AttemptsPerS, ir.P50S*1e3, ir.P99S*1e3)
 		}
 	}
 	for name, rs := range byLevel {
@@ -239,7 +269,7 @@ func (b *bench) start(ctx context.Context, natsBin string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := b.level(ctx, "warmup", 1, 1, targets, b.forgeURL); err != nil {
+	if _, err := b.level(ctx, "warmup", 1, 1, targets, b.forgeURL, nil); err != nil {
 		return fmt.Errorf("warm-up attempt: %w", err)
 	}
 	return nil
@@ -347,7 +377,10 @@ func attemptID() string {
 // level submits n attempts keeping c in flight, and waits for each to end.
 // Latency is from just before the request is published to the arrival of
 // the attempt's terminal event, as a user watching the subjects sees it.
-func (b *bench) level(ctx context.Context, name string, c, n int, targets []string, forgeURL string) (Result, error) {
+func (b *bench) level(ctx context.Context, name string, c, n int, targets []string, forgeURL string, between *chains) (Result, error) {
+	if between != nil && c != 1 {
+		return Result{}, fmt.Errorf("%s: the in-process chain runs between attempts only at concurrency 1", name)
+	}
 	sem := make(chan struct{}, c)
 	lat := make([]float64, n)
 	b.lastIDs = b.lastIDs[:0]
@@ -356,6 +389,21 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
+	// chainsUpTo runs the in-process attempts due before the pipeline's
+	// attempt i (evenly spread, the last after the last), while no attempt
+	// of the pipeline runs; their time is not the level's.
+	var betweenTook time.Duration
+	chainsUpTo := func(i int) error {
+		for between != nil && between.done() < i*between.n/n {
+			t := time.Now()
+			err := between.one(ctx)
+			betweenTook += time.Since(t)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	deadline := time.Now().Add(b.cfg.timeout)
 	start := time.Now()
 	for i := range n {
@@ -363,6 +411,9 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return Result{}, ctx.Err()
+		}
+		if err := chainsUpTo(i); err != nil {
+			return Result{}, err
 		}
 		id := attemptID()
 		b.lastIDs = append(b.lastIDs, id)
@@ -400,7 +451,12 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 		}()
 	}
 	wg.Wait()
-	took := time.Since(start)
+	if firstErr == nil {
+		if err := chainsUpTo(n); err != nil {
+			return Result{}, err
+		}
+	}
+	took := time.Since(start) - betweenTook
 	if firstErr != nil {
 		return Result{}, firstErr
 	}
@@ -513,7 +569,7 @@ func (b *bench) wan(ctx context.Context) (*RTTResult, error) {
 		return nil, err
 	}
 	// A first attempt to let the restarted services bind and connect.
-	if _, err := b.level(ctx, "wan-warmup", 1, 1, targets, p.URL()); err != nil {
+	if _, err := b.level(ctx, "wan-warmup", 1, 1, targets, p.URL(), nil); err != nil {
 		return nil, err
 	}
 	out := &RTTResult{RTTMs: float64(b.cfg.rtt) / float64(time.Millisecond), Attempts: b.cfg.rttN}
@@ -521,7 +577,7 @@ func (b *bench) wan(ctx context.Context) (*RTTResult, error) {
 	sum := map[string]rttproxy.Count{}
 	for i := range b.cfg.rttN {
 		p.Reset()
-		r, err := b.level(ctx, fmt.Sprint("wan-", i), 1, 1, targets[i%len(targets):], p.URL())
+		r, err := b.level(ctx, fmt.Sprint("wan-", i), 1, 1, targets[i%len(targets):], p.URL(), nil)
 		if err != nil {
 			return nil, err
 		}
