@@ -53,6 +53,9 @@ type bench struct {
 	js       jetstream.JetStream
 	ends     *terminals
 	lastIDs  []string // of the last level, in order
+	// chainCPU is localforge's CPU time during the in-process attempts
+	// run between a level's attempts, which measure takes off its figure.
+	chainCPU time.Duration
 	// dead is closed when a process of the stack exits without being
 	// asked to; deadMsg says which and how.
 	dead     chan struct{}
@@ -143,6 +146,7 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 			} else {
 				fmt.Fprintf(cfg.progress, "pipebench: round %d of %d: %d attempts at concurrency %d\n", round+1, cfg.runs, cfg.n, c)
 			}
+			b.chainCPU = 0
 			r, err := b.level(ctx, name, c, cfg.n, targets, b.forgeURL, between)
 			if err != nil {
 				return nil, err
@@ -151,6 +155,7 @@ func measure(ctx context.Context, cfg config, root string) (*Results, error) {
 			if err != nil {
 				return nil, err
 			}
+			after["localforge"] -= b.chainCPU
 			byLevel[name] = append(byLevel[name], r)
 			if c == 1 && round == 0 {
 				if res.Steps, err = b.steps(ctx); err != nil {
@@ -393,14 +398,26 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 	// attempt i (evenly spread, the last after the last), while no attempt
 	// of the pipeline runs; their time is not the level's.
 	var betweenTook time.Duration
+	forge := b.procs["localforge"]
 	chainsUpTo := func(i int) error {
 		for between != nil && between.done() < i*between.n/n {
 			t := time.Now()
-			err := between.one(ctx)
-			betweenTook += time.Since(t)
+			cpu0, err := forge.cpu()
 			if err != nil {
 				return err
 			}
+			if err := between.one(ctx); err != nil {
+				return err
+			}
+			cpu1, err := forge.cpu()
+			if err != nil {
+				return err
+			}
+			betweenTook += time.Since(t)
+			// localforge's work for the chain is not the pipeline's (the
+			// other processes take no part in the chain: what they do
+			// meanwhile is the pipeline's own).
+			b.chainCPU += cpu1 - cpu0
 		}
 		return nil
 	}
