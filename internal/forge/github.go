@@ -99,6 +99,7 @@ func (c *GitHubConfig) setDefaults() error {
 type GitHub struct {
 	cfg    GitHubConfig
 	client *github.Client
+	lists  listCache // the last answer of each list page, for conditional requests
 }
 
 // NewGitHub returns a github driver with one client for its token.
@@ -215,13 +216,30 @@ func (g *GitHub) list(ctx context.Context, repoURL, what string, query func(owne
 	for {
 		var prs []listedPR
 		var resp *github.Response
+		next := 0
+		path := "repos/" + url.PathEscape(owner) + "/" + url.PathEscape(name) + "/pulls?" + q.Encode()
+		cached := g.lists.get(path)
 		err := g.call(ctx, what, func(ctx context.Context) (*github.Response, error) {
-			req, err := g.client.NewRequest(http.MethodGet, "repos/"+url.PathEscape(owner)+"/"+url.PathEscape(name)+"/pulls?"+q.Encode(), nil)
+			req, err := g.client.NewRequest(http.MethodGet, path, nil)
 			if err != nil {
 				return nil, err
 			}
+			if cached != nil {
+				req.Header.Set("If-None-Match", cached.etag)
+			}
 			prs = prs[:0]
 			resp, err = g.client.Do(ctx, req, &prs)
+			var er *github.ErrorResponse
+			if cached != nil && errors.As(err, &er) && er.Response != nil && er.Response.StatusCode == http.StatusNotModified {
+				prs, next = cached.prs, cached.next
+				return resp, nil
+			}
+			if err == nil {
+				next = resp.NextPage
+				if etag := resp.Header.Get("ETag"); etag != "" {
+					g.lists.put(path, etag, prs, next)
+				}
+			}
 			return resp, err
 		})
 		if err != nil {
@@ -232,10 +250,10 @@ func (g *GitHub) list(ctx context.Context, repoURL, what string, query func(owne
 				out = append(out, prs[i].convert(owner, name))
 			}
 		}
-		if resp.NextPage == 0 {
+		if next == 0 {
 			return out, nil
 		}
-		q.Set("page", strconv.Itoa(resp.NextPage))
+		q.Set("page", strconv.Itoa(next))
 	}
 }
 

@@ -224,7 +224,7 @@ func TestAppTokenRefreshAndGit(t *testing.T) {
 		t.Fatalf("after 2s of a 62s token: %d mints, token changed %v; want a second mint", n, second != first)
 	}
 	for _, r := range lf.Requests() {
-		if strings.Contains(r.Path, "/pulls") && r.Status != 200 {
+		if strings.Contains(r.Path, "/pulls") && r.Status != 200 && r.Status != 304 { // 304: the list unchanged since the first
 			t.Fatalf("an API call failed around the refresh: %+v", r)
 		}
 	}
@@ -335,5 +335,55 @@ func TestTurnsAroundMutatingCalls(t *testing.T) {
 	}
 	if _, err := forge.NewGitHub(forge.GitHubConfig{Token: "t", Turns: turns, RequestTimeout: forge.MaxTurn}); err == nil {
 		t.Fatal("a turn longer than MaxTurn was accepted")
+	}
+}
+
+// TestDriverListsConditionally: the driver asks for a list page again with
+// its last ETag; the forge's 304 gives the same pull requests without a
+// body, and a page that changed is read anew (the suite above checks every
+// list against the forge's state, after each change).
+func TestDriverListsConditionally(t *testing.T) {
+	h, lf := harness(t)
+	d, err := forge.NewGitHub(forge.GitHubConfig{Token: forgeToken, BaseURL: h.APIURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	create := func(head string) {
+		t.Helper()
+		if _, _, err := d.CreatePR(ctx, forge.PRRequest{RepoURL: h.RepoURL, Base: "main", Head: head, Title: "t " + head, Body: "b"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// list lists the open pull requests and returns their heads and the
+	// status the forge answered with.
+	list := func() (heads string, status int) {
+		t.Helper()
+		prs, err := d.OpenPRs(ctx, h.RepoURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hs []string
+		for _, pr := range prs {
+			hs = append(hs, pr.Head)
+		}
+		rs := lf.Requests()
+		return strings.Join(hs, " "), rs[len(rs)-1].Status
+	}
+	create("feature-1")
+	for i, want := range []struct {
+		heads  string
+		status int
+	}{{"feature-1", 200}, {"feature-1", 304}, {"feature-1", 304}} {
+		if heads, status := list(); heads != want.heads || status != want.status {
+			t.Fatalf("list %d: %q, HTTP %d; want %q, %d", i+1, heads, status, want.heads, want.status)
+		}
+	}
+	create("feature-2")
+	if heads, status := list(); heads != "feature-2 feature-1" || status != 200 {
+		t.Fatalf("after a new pull request: %q, HTTP %d; want both, 200", heads, status)
+	}
+	if heads, status := list(); heads != "feature-2 feature-1" || status != 304 {
+		t.Fatalf("again: %q, HTTP %d; want both, 304", heads, status)
 	}
 }

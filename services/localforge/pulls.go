@@ -3,6 +3,8 @@ package localforge
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -201,7 +203,46 @@ func (f *Forge) listPulls(w http.ResponseWriter, r *http.Request) {
 	for _, pr := range prs[lo:min(lo+perPage, len(prs))] {
 		out = append(out, f.toAPI(r, owner, name, pr))
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeConditional(w, r, out)
+}
+
+// writeConditional answers a list as GitHub does: with an ETag of the
+// page, and 304 Not Modified, without a body, to a request whose
+// If-None-Match names it. (GitHub does not count such a 304 against the
+// primary rate limit; localforge counts every request.)
+func writeConditional(w http.ResponseWriter, r *http.Request, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		writeJSON(w, http.StatusOK, v)
+		return
+	}
+	body = append(body, '\n') // as writeJSON's encoder ends it
+	sum := sha256.Sum256(body)
+	etag := `W/"` + hex.EncodeToString(sum[:16]) + `"`
+	w.Header().Set("ETag", etag)
+	if etagListed(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// etagListed reports whether an If-None-Match header names etag, by the
+// weak comparison (RFC 9110 13.1.2): "*" or any of its tags, W/ aside.
+func etagListed(header, etag string) bool {
+	if header == "" {
+		return false
+	}
+	want := strings.TrimPrefix(etag, "W/")
+	for tag := range strings.SplitSeq(header, ",") {
+		tag = strings.TrimSpace(tag)
+		if tag == "*" || strings.TrimPrefix(tag, "W/") == want {
+			return true
+		}
+	}
+	return false
 }
 
 // getPull implements GET /repos/{owner}/{repo}/pulls/{number}.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -330,5 +331,52 @@ func TestRateLimitsAndFaults(t *testing.T) {
 	var rl *github.RateLimitError
 	if err := list(); !errors.As(err, &rl) || rl.Rate.Remaining != 0 || rl.Rate.Reset.Before(time.Now()) {
 		t.Fatalf("primary limit: got %T %v", err, err)
+	}
+}
+
+// TestListIsConditional: a list page carries an ETag; asked again with it
+// in If-None-Match, an unchanged page is a 304 without a body, and a
+// changed one (a new pull request) a 200 with a new ETag.
+func TestListIsConditional(t *testing.T) {
+	f, srv := startForge(t, Config{})
+	createRepo(t, f, "acme", "widgets")
+	gh := newClient(t, srv.URL, testToken)
+	addBranch(t, f, "acme", "widgets", "b1")
+	openPull(t, gh, "acme", "widgets", "b1", "PR 1")
+	get := func(ifNoneMatch string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v3/repos/acme/widgets/pulls?state=open", nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		if ifNoneMatch != "" {
+			req.Header.Set("If-None-Match", ifNoneMatch)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		_, _ = io.Copy(&b, resp.Body)
+		return resp, b.String()
+	}
+	first, body := get("")
+	etag := first.Header.Get("ETag")
+	if first.StatusCode != http.StatusOK || !strings.HasPrefix(etag, `W/"`) || !strings.Contains(body, `"PR 1"`) {
+		t.Fatalf("first list: %d, ETag %q, %s", first.StatusCode, etag, body)
+	}
+	for _, inm := range []string{etag, strings.TrimPrefix(etag, "W/"), `"other", ` + etag, "*"} {
+		resp, body := get(inm)
+		if resp.StatusCode != http.StatusNotModified || body != "" || resp.Header.Get("ETag") != etag {
+			t.Fatalf("If-None-Match %s: %d, ETag %q, body %q; want 304 with the same ETag and no body", inm, resp.StatusCode, resp.Header.Get("ETag"), body)
+		}
+	}
+	if resp, _ := get(`"other"`); resp.StatusCode != http.StatusOK {
+		t.Fatalf("another ETag: %d, want 200", resp.StatusCode)
+	}
+	addBranch(t, f, "acme", "widgets", "b2")
+	openPull(t, gh, "acme", "widgets", "b2", "PR 2")
+	resp, body := get(etag)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") == etag || !strings.Contains(body, `"PR 2"`) {
+		t.Fatalf("after a new pull request: %d, ETag %q (was %q), %s", resp.StatusCode, resp.Header.Get("ETag"), etag, body)
 	}
 }
