@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -128,4 +129,31 @@ func TestStore(t *testing.T) {
 	if p, err := s.Get(ctx, "demo"); err != nil || !p.Autonomy() {
 		t.Fatalf("after delete: %+v %v", p, err)
 	}
+}
+
+// markerPattern is what MarkedTask finds, as a regular expression.
+var markerPattern = regexp.MustCompile(`<!-- leviathan:task=([A-Za-z0-9_.:-]{1,128}) attempt=([A-Za-z0-9_-]{1,128}) -->`)
+
+// FuzzMarkedTask: MarkedTask finds what markerPattern finds, the first
+// match, in any body.
+func FuzzMarkedTask(f *testing.F) {
+	long := strings.Repeat("t", 128)
+	for _, body := range []string{
+		"", Marker("T-1", "a-1"), "x" + Marker("T-1.a:b", "attempt-T-1-0a") + "y",
+		Marker("T 1", "a") + Marker("T-2", "a-2"), // the first is no marker
+		"<!-- leviathan:task=<!-- leviathan:task=T-3 attempt=a-3 -->",
+		Marker(long, long), Marker(long+"t", "a"), Marker("T", long+"a"),
+		Marker("", "a"), Marker("T", ""), Marker("T", "a.b"), Marker("T-é", "a"),
+		"<!-- leviathan:task=T attempt=a --", "<!-- leviathan:task=T  attempt=a -->",
+		Marker("T-4", "a-4") + Marker("T-5", "a-5"),
+	} {
+		f.Add(body)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		task, attempt, ok := MarkedTask(body)
+		m := markerPattern.FindStringSubmatch(body)
+		if ok != (m != nil) || ok && (task != m[1] || attempt != m[2]) {
+			t.Fatalf("MarkedTask(%q) = %q %q %v; the expression finds %q", body, task, attempt, ok, m)
+		}
+	})
 }
