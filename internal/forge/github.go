@@ -163,7 +163,9 @@ func (g *GitHub) call(ctx context.Context, what string, f func(ctx context.Conte
 
 // FindPRs implements Driver: list by head (owner:branch), state all.
 func (g *GitHub) FindPRs(ctx context.Context, repoURL, head string) ([]PullRequest, error) {
-	return g.list(ctx, repoURL, "list pull requests by head", func(owner string) url.Values {
+	// Not conditional: a head is listed about once (a redelivery lists it
+	// again), and its pages would only crowd out the open lists'.
+	return g.list(ctx, repoURL, "list pull requests by head", false, func(owner string) url.Values {
 		return url.Values{"state": {"all"}, "head": {owner + ":" + head}}
 	}, func(owner string, pr *listedPR) bool {
 		// GitHub filters by head already; a fork's branch of the same
@@ -174,7 +176,7 @@ func (g *GitHub) FindPRs(ctx context.Context, repoURL, head string) ([]PullReque
 
 // OpenPRs implements Driver.
 func (g *GitHub) OpenPRs(ctx context.Context, repoURL string) ([]PullRequest, error) {
-	return g.list(ctx, repoURL, "list open pull requests", func(string) url.Values {
+	return g.list(ctx, repoURL, "list open pull requests", true, func(string) url.Values {
 		return url.Values{"state": {"open"}}
 	}, func(string, *listedPR) bool { return true })
 }
@@ -203,8 +205,10 @@ type listedPR struct {
 }
 
 // list pages through the pull requests of the repository that query
-// (built from the owner) selects, keeping those keep accepts.
-func (g *GitHub) list(ctx context.Context, repoURL, what string, query func(owner string) url.Values,
+// (built from the owner) selects, keeping those keep accepts; each page
+// asked for with the ETag of its last answer when conditional
+// (listcache.go).
+func (g *GitHub) list(ctx context.Context, repoURL, what string, conditional bool, query func(owner string) url.Values,
 	keep func(owner string, pr *listedPR) bool) ([]PullRequest, error) {
 	owner, name, err := RepoPath(repoURL)
 	if err != nil {
@@ -218,7 +222,10 @@ func (g *GitHub) list(ctx context.Context, repoURL, what string, query func(owne
 		var resp *github.Response
 		next := 0
 		path := "repos/" + url.PathEscape(owner) + "/" + url.PathEscape(name) + "/pulls?" + q.Encode()
-		cached := g.lists.get(path)
+		var cached *listPage
+		if conditional {
+			cached = g.lists.get(path)
+		}
 		err := g.call(ctx, what, func(ctx context.Context) (*github.Response, error) {
 			req, err := g.client.NewRequest(http.MethodGet, path, nil)
 			if err != nil {
@@ -236,7 +243,7 @@ func (g *GitHub) list(ctx context.Context, repoURL, what string, query func(owne
 			}
 			if err == nil {
 				next = resp.NextPage
-				if etag := resp.Header.Get("ETag"); etag != "" {
+				if etag := resp.Header.Get("ETag"); conditional && etag != "" {
 					g.lists.put(path, etag, prs, next)
 				}
 			}

@@ -7,9 +7,9 @@ import (
 // Conditional lists.
 //
 // pr lists a repository's open pull requests twice per attempt (push's
-// question, then the guard before the create) and by head once; at a
-// steady pace the list seldom changes between two of them. Each list page
-// is asked for with the ETag of its last answer (If-None-Match): an
+// question, then the guard before the create); at a steady pace the list
+// seldom changes between the two. Each page of such a list is asked for
+// with the ETag of its last answer (If-None-Match): an
 // unchanged page is a 304 without a body, which GitHub does not count
 // against the primary rate limit, and which costs no decoding here. The
 // page's pull requests are then the ones kept from that last answer.
