@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -52,7 +53,8 @@ type bench struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	ends     *terminals
-	lastIDs  []string // of the last level, in order
+	lastIDs  []string        // of the last level, in order
+	used     map[string]bool // every attempt id of the run
 	// chainCPU is localforge's CPU time during the in-process attempts
 	// run between a level's attempts, which measure takes off its figure.
 	chainCPU time.Duration
@@ -285,7 +287,7 @@ func (b *bench) serviceNames() []string { return append(slices.Clone(stack.Stage
 func (b *bench) env(forgeURL string) []string {
 	return append([]string{"NATS_URL=" + b.natsURL, "LEVIATHAN_FORGE_TOKEN=" + forgeToken, "LEVIATHAN_GIT_TOKEN=" + forgeToken,
 		"LEVIATHAN_FORGE_API_URL=" + forgeURL + "/api/v3/", "LEVIATHAN_CONTROL_PLANE_TOKEN=pipebench-control-token",
-		"LEVIATHAN_FORGE_MIN_INTERVAL=" + pacing, "LEVIATHAN_LOCALFORGE_RATE_LIMIT=" + rateLimit, "LEVIATHAN_LOG_LEVEL=warn"}, b.cfg.extraEnv...)
+		"LEVIATHAN_FORGE_MIN_INTERVAL=" + pacing, "LEVIATHAN_LOCALFORGE_RATE_LIMIT=" + rateLimit, "LEVIATHAN_LOG_LEVEL=" + cmp.Or(os.Getenv("LEVIATHAN_LOG_LEVEL"), "warn")}, b.cfg.extraEnv...)
 }
 
 func (b *bench) service(name, forgeURL string) *proc {
@@ -374,9 +376,23 @@ func request(forgeURL, target, taskID string) []byte {
 
 // attemptID is shaped as `leviathan submit` makes them.
 func attemptID() string {
-	b := make([]byte, 3)
+	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return "a-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+}
+
+// newAttemptID is an attempt id not used before in this run: a second
+// request with an id already used is a duplicate that never ends.
+func (b *bench) newAttemptID() string {
+	if b.used == nil {
+		b.used = map[string]bool{}
+	}
+	for {
+		if id := attemptID(); !b.used[id] {
+			b.used[id] = true
+			return id
+		}
+	}
 }
 
 // level submits n attempts keeping c in flight, and waits for each to end.
@@ -432,7 +448,7 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 		if err := chainsUpTo(i); err != nil {
 			return Result{}, err
 		}
-		id := attemptID()
+		id := b.newAttemptID()
 		b.lastIDs = append(b.lastIDs, id)
 		ended := b.ends.expect(id)
 		body := request(forgeURL, targets[i%len(targets)], fmt.Sprintf("%s-%d", name, i))
@@ -461,7 +477,7 @@ func (b *bench) level(ctx context.Context, name string, c, n int, targets []stri
 			case <-time.After(time.Until(deadline)):
 				mu.Lock()
 				if firstErr == nil {
-					firstErr = fmt.Errorf("%w: attempt %s of %s (%v)\n%s", errTimeout, id, name, b.cfg.timeout, b.logs())
+					firstErr = fmt.Errorf("%w: attempt %s of %s (%v); its events: %s\n%s", errTimeout, id, name, b.cfg.timeout, b.eventsOf(ctx, id), b.logs())
 				}
 				mu.Unlock()
 			}
@@ -665,6 +681,46 @@ func (b *bench) steps(ctx context.Context) ([]Step, error) {
 		out[i] = Step{From: string(stepOrder[i]), To: string(stepOrder[i+1]), P50Ms: quantile(g, 0.5) * 1e3}
 	}
 	return out, nil
+}
+
+// eventsOf lists an attempt's events in the stream, in order, with the
+// time each was stored: where an attempt that did not end stopped.
+func (b *bench) eventsOf(ctx context.Context, id string) string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := b.js.Stream(ctx, stage.StreamName)
+	if err != nil {
+		return err.Error()
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.AttemptSubjects(id)}})
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for {
+		batch, err := cons.FetchNoWait(100)
+		if err != nil {
+			return err.Error()
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, _ := m.Metadata()
+			at := ""
+			if md != nil {
+				at = md.Timestamp.UTC().Format("15:04:05.000")
+			}
+			_, typ, _ := events.ParseSubject(m.Subject())
+			out = append(out, at+" "+string(typ))
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }
 
 // combine is one level's figures over its rounds: the median throughput

@@ -33,18 +33,18 @@ func useBenchTargets() (restore func()) {
 
 // submitID is the attempt id of attempt i, of the shape `leviathan submit`
 // gives an attempt when none is named (cmd/leviathan/submit.go, and
-// retry.go the same): "a-", the UTC time as 20060102-150405, "-" and four
-// hex digits (two random bytes), 22 characters in all, such as
-// "a-20261126-120003-5f1c". The CLI lives in package main and exports
+// retry.go the same): "a-", the UTC time as 20060102-150405, "-" and eight
+// hex digits (four random bytes), 26 characters in all, such as
+// "a-20261126-120003-5f1c09ab". The CLI lives in package main and exports
 // nothing, so the format is repeated here. The time is the attempt's own
 // (eventgen's: Base plus 3 s per attempt, so it alone is unique) and the
-// four digits come from a hash of i rather than from crypto/rand, so the
+// eight digits come from a hash of i rather than from crypto/rand, so the
 // stream is the same on every run.
 func submitID(i int) string {
 	at := eventgen.Base.Add(time.Duration(i) * 3 * time.Second)
 	h := fnv.New32a()
 	_, _ = h.Write(strconv.AppendInt(nil, int64(i), 10))
-	return "a-" + at.UTC().Format("20060102-150405") + "-" + fmt.Sprintf("%04x", h.Sum32()&0xffff)
+	return "a-" + at.UTC().Format("20060102-150405") + "-" + fmt.Sprintf("%08x", h.Sum32())
 }
 
 // benchAttempt returns eventgen's events of attempt i with outcome o, with

@@ -102,12 +102,12 @@ func TestRunRejectsNoReplays(t *testing.T) {
 // of eventgen's everywhere, event ids derived from them, and 16 targets.
 func TestBenchAttempt(t *testing.T) {
 	defer useBenchTargets()()
-	shape := regexp.MustCompile(`^a-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$`)
+	shape := regexp.MustCompile(`^a-[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$`)
 	seen := map[string]bool{}
 	targets := map[string]bool{}
 	for i := range 20_000 {
 		id := submitID(i)
-		if !shape.MatchString(id) || len(id) != 22 || !events.ValidAttemptID(id) {
+		if !shape.MatchString(id) || len(id) != 26 || !events.ValidAttemptID(id) {
 			t.Fatalf("attempt %d: id %q is not of submit's shape", i, id)
 		}
 		if seen[id] {

@@ -146,8 +146,13 @@ func reportOutcome(o *outcome, stdout io.Writer) error {
 	}
 }
 
+// randomSuffix ends the attempt ids submit and retry make: 32 random
+// bits after the second the id was made in. Two ids of one second were
+// the same once in 65,536 pairs with 16 bits, which a script submitting
+// dozens a second meets within minutes (the second request is refused
+// as a duplicate); with 32 bits, once in about 4 billion.
 func randomSuffix() string {
-	b := make([]byte, 2)
+	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
