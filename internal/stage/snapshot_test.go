@@ -80,13 +80,8 @@ func TestSnapshotReadsWhatWasStored(t *testing.T) {
 // redelivery) holds its new chunk alone, not the old one until the
 // bucket's TTL; its info says where that chunk is, for the object store.
 func TestPutSnapshotAgainKeepsOneChunk(t *testing.T) {
-	ns := natstest.Run(t)
-	_, js := natstest.Connect(t, ns)
+	res, _ := setup(t)
 	ctx := context.Background()
-	res, err := Ensure(ctx, js, ResourceConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	names := []string{"a1/base.pack", "a1/backlog.yaml", "a2/base.pack"}
 	for round := range 3 {
 		for _, name := range names {
