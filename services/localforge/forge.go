@@ -291,6 +291,18 @@ type rateWindow struct {
 	reset time.Time
 }
 
+// giveBack uncounts a request that GitHub does not count (a 304 to a
+// conditional request) when it was counted in the window that resets at
+// reset, and reports what is left.
+func (rw *rateWindow) giveBack(reset time.Time) (remaining int) {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if rw.reset.Equal(reset) && rw.used > 0 {
+		rw.used--
+	}
+	return rw.limit - rw.used
+}
+
 // take counts one request and reports what is left, when the window
 // resets, and whether the request is within the limit.
 func (rw *rateWindow) take(now time.Time) (remaining int, reset time.Time, ok bool) {
