@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -233,13 +234,12 @@ func (r *Resources) claimedSeq(ctx context.Context, attemptID string) (uint64, e
 func (r *Resources) Request(ctx context.Context, attemptID string) (*events.Request, error) {
 	var last *jetstream.RawStreamMsg
 	var lastErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		last, lastErr = r.Stream.GetLastMsgForSubject(ctx, events.Subject(attemptID, events.AttemptRequested))
-	}()
+	})
 	seq, err := r.claimedSeq(ctx, attemptID)
-	<-done
+	wg.Wait()
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,13 +30,10 @@ func (r *Resources) Snapshot(ctx context.Context, name string) ([]byte, error) {
 	id := chunkID(name)
 	var chunk *jetstream.RawStreamMsg
 	var chunkErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		chunk, chunkErr = r.snapshotStream.GetLastMsgForSubject(ctx, chunkSubject(id))
-	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { chunk, chunkErr = r.snapshotStream.GetLastMsgForSubject(ctx, chunkSubject(id)) })
 	info, err := r.Snapshots.GetInfo(ctx, name)
-	<-done
+	wg.Wait()
 	if err != nil {
 		return nil, err
 	}

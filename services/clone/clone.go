@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -84,20 +85,17 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 	// failure included. A duplicate's fetch is cancelled and dropped.
 	fctx, cancelFetch := context.WithCancel(ctx)
 	defer cancelFetch()
-	type fetched struct {
-		snap *gitx.Snapshot
-		err  error
-	}
-	fetchDone := make(chan fetched, 1)
-	go func() {
+	var snap *gitx.Snapshot
+	var fetchErr error
+	var fetching sync.WaitGroup
+	fetching.Go(func() {
 		remote := s.cfg.Git
 		remote.URL = req.Target.RepoURL
-		snap, err := gitx.Fetch(fctx, remote, req.Target.Branch, events.BacklogPath, gitx.FetchOptions{Strategy: s.cfg.Strategy})
-		fetchDone <- fetched{snap, err}
-	}()
+		snap, fetchErr = gitx.Fetch(fctx, remote, req.Target.Branch, events.BacklogPath, gitx.FetchOptions{Strategy: s.cfg.Strategy})
+	})
 	stopFetch := func() {
 		cancelFetch()
-		<-fetchDone
+		fetching.Wait()
 	}
 	if err := s.res.Claim(ctx, req.AttemptID, in.Seq); err != nil {
 		stopFetch()
@@ -124,16 +122,15 @@ func (s *Service) Handle(ctx context.Context, in *stage.Input) error {
 		stopFetch()
 		return stage.Retry(err)
 	}
-	f := <-fetchDone
-	snap, err := f.snap, f.err
+	fetching.Wait()
 	for _, wait := range []func(context.Context) error{created, started} {
 		if werr := wait(ctx); werr != nil {
 			return stage.Retry(werr)
 		}
 	}
-	if err != nil {
-		ft, retry := gitx.Classify(err)
-		return stage.Classified(err, ft, retry)
+	if fetchErr != nil {
+		ft, retry := gitx.Classify(fetchErr)
+		return stage.Classified(fetchErr, ft, retry)
 	}
 	name := BaseSnapshot(req.AttemptID)
 	if err := s.res.PutSnapshot(ctx, name, snap.Pack); err != nil {

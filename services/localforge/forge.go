@@ -257,9 +257,32 @@ func (f *Forge) api(next http.Handler) http.Handler {
 			})
 			return
 		}
+		w = &uncounted{ResponseWriter: w, giveBack: func() {
+			remaining := f.rate.giveBack(reset)
+			h.Set("X-RateLimit-Remaining", strconv.Itoa(remaining))
+			h.Set("X-RateLimit-Used", strconv.Itoa(f.rate.limit-remaining))
+		}}
 		serve(next)
 	})
 }
+
+// uncounted gives back the request it answers when the answer is a 304:
+// GitHub does not count a 304 to a conditional request against the
+// primary rate limit. The answer's headers then say what is left after it.
+type uncounted struct {
+	http.ResponseWriter
+	giveBack func()
+}
+
+func (w *uncounted) WriteHeader(status int) {
+	if status == http.StatusNotModified {
+		w.giveBack()
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *uncounted) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // bearer returns the credential of the Authorization header, in either
 // scheme go-github and older clients send; "" when there is none.

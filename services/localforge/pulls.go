@@ -203,27 +203,14 @@ func (f *Forge) listPulls(w http.ResponseWriter, r *http.Request) {
 	for _, pr := range prs[lo:min(lo+perPage, len(prs))] {
 		out = append(out, f.toAPI(r, owner, name, pr))
 	}
-	writeConditional(w, r, out, f.uncount)
-}
-
-// uncount gives back the request whose answer has headers h: GitHub does
-// not count a 304 against the primary rate limit. The answer's headers
-// then say what is left after it.
-func (f *Forge) uncount(h http.Header) {
-	reset, err := strconv.ParseInt(h.Get("X-RateLimit-Reset"), 10, 64)
-	if err != nil {
-		return
-	}
-	remaining := f.rate.giveBack(time.Unix(reset, 0))
-	h.Set("X-RateLimit-Remaining", strconv.Itoa(remaining))
-	h.Set("X-RateLimit-Used", strconv.Itoa(f.rate.limit-remaining))
+	writeConditional(w, r, out)
 }
 
 // writeConditional answers a list as GitHub does: with an ETag of the
 // page, and 304 Not Modified, without a body, to a request whose
-// If-None-Match names it; notModified is called with the headers before
-// a 304 is written.
-func writeConditional(w http.ResponseWriter, r *http.Request, v any, notModified func(http.Header)) {
+// If-None-Match names it (which the API's middleware does not count
+// against the rate limit, as GitHub does not).
+func writeConditional(w http.ResponseWriter, r *http.Request, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		writeJSON(w, http.StatusOK, v)
@@ -234,7 +221,6 @@ func writeConditional(w http.ResponseWriter, r *http.Request, v any, notModified
 	etag := `W/"` + hex.EncodeToString(sum[:16]) + `"`
 	w.Header().Set("ETag", etag)
 	if etagListed(r.Header.Get("If-None-Match"), etag) {
-		notModified(w.Header())
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
