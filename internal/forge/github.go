@@ -243,7 +243,7 @@ func (g *GitHub) list(ctx context.Context, repoURL, what string, conditional boo
 			}
 			if err == nil {
 				next = resp.NextPage
-				if etag := resp.Header.Get("ETag"); conditional && etag != "" {
+				if etag := resp.Header.Get("ETag"); conditional && sendableETag(etag) {
 					g.lists.put(path, etag, prs, next)
 				}
 			}

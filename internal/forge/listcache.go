@@ -18,6 +18,22 @@ import (
 // roughly): a few hundred repositories' pages of open pull requests.
 const listCacheBytes = 16 << 20
 
+// sendableETag reports whether a forge's ETag can be sent back as it
+// came: not empty, at most 256 bytes, printable ASCII only. Another would
+// make every later request of its list fail (or carry what the forge put
+// in it), so its page is not kept.
+func sendableETag(etag string) bool {
+	if etag == "" || len(etag) > 256 {
+		return false
+	}
+	for i := 0; i < len(etag); i++ {
+		if etag[i] < 0x20 || etag[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // listPage is a page of a list as last answered.
 type listPage struct {
 	etag  string

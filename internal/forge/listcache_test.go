@@ -41,3 +41,16 @@ func TestListCacheIsBounded(t *testing.T) {
 		t.Fatal("a page of a quarter of the bound was kept")
 	}
 }
+
+// TestSendableETag: only an ETag that can go back in a header as it came
+// is kept.
+func TestSendableETag(t *testing.T) {
+	for etag, want := range map[string]bool{
+		`W/"0f3c"`: true, `"abc"`: true, "": false, strings.Repeat("e", 257): false,
+		"W/\"a\x00\"": false, "\"a\tb\"": false, "\"é\"": false, "\"a\x7f\"": false,
+	} {
+		if got := sendableETag(etag); got != want {
+			t.Errorf("sendableETag(%q) = %v, want %v", etag, got, want)
+		}
+	}
+}
