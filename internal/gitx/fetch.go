@@ -459,13 +459,3 @@ func parsePack(s *memory.Storage, pack []byte) error {
 	}
 	return nil
 }
-
-// encodePack writes the objects hashes of s, in that order, as one pack
-// without deltas (the packs we build are a handful of small objects).
-func encodePack(s *memory.Storage, hashes []plumbing.Hash) ([]byte, error) {
-	var buf bytes.Buffer
-	if _, err := packfile.NewEncoder(&buf, s, false).Encode(hashes, 0); err != nil {
-		return nil, fmt.Errorf("gitx: encoding pack: %w", err)
-	}
-	return buf.Bytes(), nil
-}
