@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/go-git/go-git/v5/plumbing"
@@ -27,8 +28,15 @@ var zlibWriters = sync.Pool{New: func() any {
 
 // encodePack writes the objects hashes of s, in that order, as one pack
 // (version 2) without deltas: the packs we build are a handful of small
-// objects.
+// objects. An object named twice is written once: git verify-pack calls
+// a pack that holds an object twice bad.
 func encodePack(s *memory.Storage, hashes []plumbing.Hash) ([]byte, error) {
+	seen := make(map[plumbing.Hash]bool, len(hashes))
+	hashes = slices.DeleteFunc(slices.Clone(hashes), func(h plumbing.Hash) bool {
+		dup := seen[h]
+		seen[h] = true
+		return dup
+	})
 	if uint64(len(hashes)) > math.MaxUint32 {
 		return nil, fmt.Errorf("gitx: encoding pack: %d objects", len(hashes))
 	}

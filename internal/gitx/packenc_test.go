@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 
@@ -91,7 +92,8 @@ func TestEncodePack(t *testing.T) {
 	commit := encode(plumbing.CommitObject, &object.Commit{Author: sig, Committer: sig, Message: "m\n", TreeHash: tree})
 	encode(plumbing.TagObject, &object.Tag{Name: "v1", Tagger: sig, Message: "t\n", TargetType: plumbing.CommitObject, Target: commit})
 
-	pack, err := encodePack(s, hashes)
+	// Named twice, written once.
+	pack, err := encodePack(s, append(slices.Clone(hashes), hashes[0], hashes[3]))
 	if err != nil {
 		t.Fatal(err)
 	}
