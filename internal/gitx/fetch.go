@@ -445,7 +445,7 @@ func (f *fetcher) snapshotPack() ([]byte, error) {
 		}
 		return bytes.Compare(a[:], b[:])
 	})
-	return encodePack(f.store, slices.Compact(hashes))
+	return encodePack(f.store, hashes) // which writes an object named twice once
 }
 
 // parsePack stores every object of pack in s.
